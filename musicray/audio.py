@@ -1,0 +1,127 @@
+"""Audio decoding in one place: bytes -> mono float32 at the target rate, centre-cropped.
+
+libsndfile (through soundfile) reads WAV, FLAC, OGG/Vorbis/Opus and MP3 and can seek,
+so only the centre crop of a long file is ever decoded. Anything libsndfile refuses
+(AAC/M4A, some MP3 variants, odd containers) falls back to PyAV, whose wheels carry
+their own FFmpeg. Resampling is soxr's HQ mode, the same as ``librosa.load``.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aiff", ".aif")
+
+
+class AudioError(Exception):
+    """A track that cannot be turned into audio; ``kind`` is a short machine-readable reason."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class Clip:
+    samples: np.ndarray  # float32, mono, at ``sample_rate``, at most the crop length
+    sample_rate: int
+    source_sample_rate: int
+    source_channels: int
+    duration_s: float  # of the whole source file, not the crop
+
+
+def decode(data: bytes, sample_rate: int = 22050, crop_seconds: float | None = 30.0,
+           min_seconds: float = 1.0) -> Clip:
+    """Decode audio bytes into a mono clip of at most ``crop_seconds`` from the track's centre.
+
+    Raises AudioError with kind ``empty``, ``decode_error``, ``too_short`` or ``invalid_samples``.
+    """
+    if not data:
+        raise AudioError("empty", "file is empty (0 bytes)")
+    try:
+        frames, source_rate, channels, total = _read_soundfile(data, crop_seconds)
+    except Exception as sf_error:  # libsndfile's errors carry no stable type: try FFmpeg next
+        try:
+            frames, source_rate, channels, total = _read_pyav(data, crop_seconds)
+        except Exception as av_error:
+            raise AudioError("decode_error", f"not decodable audio (libsndfile: {_short(sf_error)}; "
+                                             f"ffmpeg: {_short(av_error)})") from None
+    duration = total / source_rate
+    if frames.shape[0] == 0 or duration < min_seconds:
+        raise AudioError("too_short", f"audio is {duration:.3f} s long, under the {min_seconds} s minimum")
+    if not np.isfinite(frames).all():
+        raise AudioError("invalid_samples", "decoded samples contain NaN or infinity")
+    mono = frames.mean(axis=1, dtype=np.float32) if frames.shape[1] > 1 else frames[:, 0]
+    if source_rate != sample_rate:
+        mono = soxr.resample(mono, source_rate, sample_rate, quality="HQ")
+    if crop_seconds is not None:  # resampling can add a sample or two at the edges
+        mono = mono[: int(round(crop_seconds * sample_rate))]
+    return Clip(np.ascontiguousarray(mono, dtype=np.float32), sample_rate, source_rate, channels, duration)
+
+
+def _crop_window(total: int, rate: int, crop_seconds: float | None) -> tuple[int, int]:
+    if crop_seconds is None:
+        return 0, total
+    length = min(total, int(round(crop_seconds * rate)))
+    return (total - length) // 2, length
+
+
+def _read_soundfile(data: bytes, crop_seconds: float | None):
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        total = f.frames
+        start, length = _crop_window(total, f.samplerate, crop_seconds)
+        if start:
+            f.seek(start)
+        frames = f.read(length, dtype="float32", always_2d=True)
+        if total > 0 and frames.shape[0] < length * 0.9:
+            raise RuntimeError(f"truncated: read {frames.shape[0]} of {length} frames")
+        return frames, f.samplerate, f.channels, total
+
+
+def _read_pyav(data: bytes, crop_seconds: float | None):
+    import av  # imported lazily: only the rare files libsndfile rejects need it
+
+    with av.open(io.BytesIO(data), mode="r") as container:
+        if not container.streams.audio:
+            raise RuntimeError("no audio stream")
+        stream = container.streams.audio[0]
+        rate, channels = stream.rate, stream.channels
+        known_total = None
+        if stream.duration is not None and stream.time_base is not None:
+            known_total = int(stream.duration * stream.time_base * rate)
+        elif container.duration:
+            known_total = int(container.duration / av.time_base * rate)
+        start, length = _crop_window(known_total, rate, crop_seconds) if known_total else (0, None)
+        # Keep only the crop window while decoding, so memory stays bounded for long files.
+        resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=rate)
+        kept, position = [], 0
+        for packet_frame in container.decode(stream):
+            for frame in resampler.resample(packet_frame):
+                chunk = frame.to_ndarray().T  # (samples, channels)
+                lo, hi = position, position + chunk.shape[0]
+                position = hi
+                if length is None:
+                    kept.append(chunk)
+                elif hi > start and lo < start + length:
+                    kept.append(chunk[max(0, start - lo): start + length - lo])
+            if length is not None and position >= start + length:
+                break
+        if not kept:
+            raise RuntimeError("no audio frames decoded")
+        frames = np.concatenate(kept).astype(np.float32)
+        total = known_total or position
+        if length is None and crop_seconds is not None:  # unknown duration: crop after decoding
+            s, n = _crop_window(frames.shape[0], rate, crop_seconds)
+            frames, total = frames[s: s + n], frames.shape[0]
+        return frames, rate, channels, total
+
+
+def _short(error: Exception) -> str:
+    text = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the file", str(error)).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:200]
