@@ -40,7 +40,8 @@ def decode(data: bytes, sample_rate: int = 22050, crop_seconds: float | None = 3
            min_seconds: float = 1.0) -> Clip:
     """Decode audio bytes into a mono clip of at most ``crop_seconds`` from the track's centre.
 
-    Raises AudioError with kind ``empty``, ``decode_error``, ``too_short`` or ``invalid_samples``.
+    Raises AudioError with kind ``empty``, ``decode_error``, ``truncated``, ``too_short`` or
+    ``invalid_samples``.
     """
     if not data:
         raise AudioError("empty", "file is empty (0 bytes)")
@@ -52,6 +53,10 @@ def decode(data: bytes, sample_rate: int = 22050, crop_seconds: float | None = 3
         except Exception as av_error:
             raise AudioError("decode_error", f"not decodable audio (libsndfile: {_short(sf_error)}; "
                                              f"ffmpeg: {_short(av_error)})") from None
+    expected = _crop_window(total, source_rate, crop_seconds)[1]
+    if frames.shape[0] < 0.9 * expected:
+        raise AudioError("truncated", f"file ends early: decoded {frames.shape[0] / source_rate:.2f} s of "
+                                      f"the {expected / source_rate:.2f} s its header declares")
     duration = total / source_rate
     if frames.shape[0] == 0 or duration < min_seconds:
         raise AudioError("too_short", f"audio is {duration:.3f} s long, under the {min_seconds} s minimum")
@@ -79,8 +84,8 @@ def _read_soundfile(data: bytes, crop_seconds: float | None):
         if start:
             f.seek(start)
         frames = f.read(length, dtype="float32", always_2d=True)
-        if total > 0 and frames.shape[0] < length * 0.9:
-            raise RuntimeError(f"truncated: read {frames.shape[0]} of {length} frames")
+        if frames.shape[0] < length * 0.9:  # let FFmpeg try before calling it truncated
+            raise RuntimeError(f"read {frames.shape[0]} of {length} frames")
         return frames, f.samplerate, f.channels, total
 
 
@@ -101,7 +106,7 @@ def _read_pyav(data: bytes, crop_seconds: float | None):
         # Keep only the crop window while decoding, so memory stays bounded for long files.
         resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=rate)
         kept, position = [], 0
-        for packet_frame in container.decode(stream):
+        for packet_frame in _decode_until_error(container, stream, kept):
             for frame in resampler.resample(packet_frame):
                 chunk = frame.to_ndarray().T  # (samples, channels)
                 lo, hi = position, position + chunk.shape[0]
@@ -120,6 +125,18 @@ def _read_pyav(data: bytes, crop_seconds: float | None):
             s, n = _crop_window(frames.shape[0], rate, crop_seconds)
             frames, total = frames[s: s + n], frames.shape[0]
         return frames, rate, channels, total
+
+
+def _decode_until_error(container, stream, kept: list):
+    """Decoded frames until the end or a corrupt packet; a file that breaks after some audio
+    was decoded is reported by the caller as truncated rather than undecodable."""
+    import av
+
+    try:
+        yield from container.decode(stream)
+    except av.error.FFmpegError:
+        if not kept:
+            raise
 
 
 def _short(error: Exception) -> str:

@@ -39,7 +39,7 @@ from ray.data.datasource import Datasink
 
 from musicray import storage
 from musicray.audio import AudioError, decode
-from musicray.catalog import load_catalog
+from musicray.catalog import CatalogError, load_catalog
 from musicray.features import FeatureConfig, FeatureExtractor, pad_batch
 from musicray.schemas import ERRORS_SCHEMA, errors_dir, features_dir, features_schema, parquet_files, read_features
 from ray_jobs.common import cluster_resources, init_ray
@@ -310,8 +310,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    report = run_extract(args.catalog, args.root, config=FeatureConfig(crop_seconds=args.crop_seconds),
-                         gpu=args.gpu, batch_size=args.batch_size)
+    try:
+        report = run_extract(args.catalog, args.root, config=FeatureConfig(crop_seconds=args.crop_seconds),
+                             gpu=args.gpu, batch_size=args.batch_size)
+    except CatalogError as error:
+        print(f"musicray extract: error: {error}", file=sys.stderr)
+        return 2
     rate = report.audio_seconds / report.wall_seconds if report.wall_seconds else 0.0
     print(f"extract {report.run_id}: {report.summary()}")
     print(f"  {report.audio_seconds:.0f} audio-seconds in {report.wall_seconds:.1f} s ({rate:.0f}x real time); "
