@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,7 @@ def bucket(s3_endpoint, request):
     """A fresh bucket on the S3 server, named after the test."""
     from musicray import storage
 
-    name = "t-" + request.node.name.lower().replace("_", "-")[:50].strip("-")
+    name = ("t-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()))[:60].strip("-")
     storage.s3_client().create_bucket(Bucket=name)
     return name
 
