@@ -95,7 +95,8 @@ class FeatureExtractor:
     def __call__(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``waveforms`` (batch, samples) float32; ``lengths`` real samples per row (default: all).
 
-        Returns per-track tensors: ``logmel`` (B, mels, frames), ``mfcc_mean``/``mfcc_std`` (B, 20),
+        Returns per-track tensors: ``logmel`` (B, mels, frames), ``logmel_mean``/``logmel_std``
+        (B, mels), ``mfcc_mean``/``mfcc_std`` (B, 20),
         ``chroma_mean`` (B, 12) and each name in ``SCALAR_FEATURES`` (B,).
         """
         c = self.config
@@ -131,8 +132,11 @@ class FeatureExtractor:
         tempo = self._tempo(onset, valid_frames)
 
         mfcc_mean = masked_mean(mfcc, mask)
+        logmel_mean = masked_mean(logmel, mask)
         return {
             "logmel": logmel,
+            "logmel_mean": logmel_mean,  # per-band summaries: a compact content vector for the models
+            "logmel_std": masked_std(logmel, mask, logmel_mean),
             "mfcc_mean": mfcc_mean,
             "mfcc_std": masked_std(mfcc, mask, mfcc_mean),
             "chroma_mean": masked_mean(chroma, mask),

@@ -24,6 +24,8 @@ def features_schema(config: FeatureConfig = FeatureConfig()) -> pa.Schema:
             pa.field("duration_s", pa.float32()),  # of the source file
             pa.field("crop_frames", pa.int32()),  # frames of real audio in logmel; the rest is padding
             pa.field("logmel", pa.list_(pa.float16(), config.n_mels * config.n_frames)),
+            pa.field("logmel_mean", pa.list_(pa.float32(), config.n_mels)),  # per band, over real frames
+            pa.field("logmel_std", pa.list_(pa.float32(), config.n_mels)),
             pa.field("mfcc_mean", pa.list_(pa.float32(), config.n_mfcc)),
             pa.field("mfcc_std", pa.list_(pa.float32(), config.n_mfcc)),
             pa.field("chroma_mean", pa.list_(pa.float32(), config.n_chroma)),

@@ -11,6 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+import torch
+
+# Small tensors on 2 cores: one thread avoids contention that makes an LSTM step ~8x slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

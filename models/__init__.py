@@ -1,0 +1,45 @@
+"""The model types, pure PyTorch, built by name.
+
+Recommenders share one interface, so training, evaluation, refresh and serving treat them alike:
+
+    model.track_vectors(content (N, D), ids (N,)) -> (N, dim)      every track, played or not
+    model(item_vectors (B, L, dim), mask, next_hours, next_weekdays) -> (B, L, dim) queries
+    score = query @ track_vectors.T / model.temperature
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from torch import nn
+
+from models.autoencoder import AutoencoderConfig, AutoencoderRecommender
+from models.dnn_recommender import DNNConfig, DNNRecommender
+from models.lstm_recommender import LSTMConfig, LSTMRecommender
+from models.rnn_recommender import RNNConfig, RNNRecommender
+
+RECOMMENDERS: dict[str, type[nn.Module]] = {
+    "lstm": LSTMRecommender,
+    "rnn": RNNRecommender,
+    "dnn": DNNRecommender,
+    "autoencoder": AutoencoderRecommender,
+}
+
+
+def model_class(name: str) -> type[nn.Module]:
+    if name not in RECOMMENDERS:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(RECOMMENDERS)}")
+    return RECOMMENDERS[name]
+
+
+def build(name: str, **config) -> nn.Module:
+    """Build a model from its name and config fields; unknown fields are a clear error."""
+    cls = model_class(name)
+    known = {f.name for f in fields(cls.Config)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"unknown {name} config field(s) {unknown}; valid: {sorted(known)}")
+    return cls(cls.Config(**config))
+
+
+__all__ = ["RECOMMENDERS", "build", "model_class", "AutoencoderConfig", "DNNConfig", "LSTMConfig", "RNNConfig"]

@@ -1,0 +1,74 @@
+"""Next-track loss over the whole catalog, exact or sampled.
+
+Full softmax scores every catalog track for every step: exact, and cheap while the catalog
+fits (the default threshold is 200k tracks). Above it, a sampled softmax scores each step's
+target against a shared set of negatives drawn from popularity ** 0.75, with the logQ
+correction (Bengio & Senécal 2008; Yi et al. 2019) so the estimate stays unbiased towards
+popular tracks; memory then grows with batch and sample size, not with the catalog.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class NegativeSampler:
+    def __init__(self, play_counts: torch.Tensor, n_negatives: int, alpha: float = 0.75):
+        probs = (play_counts.float() + 1.0) ** alpha  # +1: unplayed tracks are sampled too
+        self.probs = probs / probs.sum()
+        self.n_negatives = n_negatives
+
+    def sample(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(negatives (S,), log of each track's expected count in the sample (N,))."""
+        negatives = torch.multinomial(self.probs, self.n_negatives, replacement=True)
+        return negatives.to(device), torch.log(self.n_negatives * self.probs).to(device)
+
+
+class NextTrackObjective(nn.Module):
+    """The training objective around a recommender.
+
+    A module rather than a function so that DistributedDataParallel, which wraps it, sees
+    every parameter use (track vectors and queries) inside one ``forward``.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, items: torch.Tensor, hours: torch.Tensor, weekdays: torch.Tensor,
+                content: torch.Tensor, ids: torch.Tensor, negatives: torch.Tensor | None = None,
+                log_q: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean cross-entropy of every next track of a batch of sessions (teacher forcing).
+
+        ``items`` (B, L) catalog indices of each session's plays, -1 padded; ``hours`` and
+        ``weekdays`` (B, L) of each play; ``content`` (N, D) and ``ids`` (N,) describe the
+        catalog. With ``negatives`` (S,) and ``log_q`` (N,) the softmax is sampled.
+        """
+        model = self.model
+        inputs, targets = items[:, :-1], items[:, 1:]
+        step_mask = targets >= 0
+        if negatives is None:
+            vectors = model.track_vectors(content, ids)
+            index = items.clamp(min=0)
+        else:
+            needed, inverse = torch.unique(torch.cat([items.clamp(min=0).flatten(), negatives]), return_inverse=True)
+            vectors = model.track_vectors(content[needed], ids[needed])
+            index = inverse[: items.numel()].view_as(items)
+        queries = model(vectors[index[:, :-1]], inputs >= 0, hours[:, 1:], weekdays[:, 1:])[step_mask]
+        target_ids = targets[step_mask]
+
+        if negatives is None:
+            loss = F.cross_entropy(queries @ vectors.T / model.temperature, target_ids)
+        else:
+            positive = (queries * vectors[index[:, 1:][step_mask]]).sum(-1) / model.temperature - log_q[target_ids]
+            candidates = vectors[inverse[items.numel():]]
+            negative = queries @ candidates.T / model.temperature - log_q[negatives][None, :]
+            negative = negative.masked_fill(negatives[None, :] == target_ids[:, None], float("-inf"))  # accidental hits
+            logits = torch.cat([positive[:, None], negative], dim=1)
+            loss = F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+
+        if hasattr(model, "auxiliary_loss"):
+            loss = loss + model.auxiliary_loss(content[items[items >= 0].unique()])
+        return loss

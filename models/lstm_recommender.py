@@ -1,0 +1,55 @@
+"""LSTM recommender: the next track from the session so far, aware of when it is played.
+
+At every step the LSTM reads the current track's vector together with the context of the
+play to predict (hour of day, day of week), so "what comes next at 23:00 on a Sunday" can
+differ from the same history at 08:00 on a Monday. The query at step t is scored against
+every track vector (``TrackEncoder``: audio + ID), so unplayed tracks can be recommended.
+
+    track vectors ──┐
+    context(t+1) ───┴─ concat ─> LSTM (2 layers) ─> concat context ─> Linear ─> query(t)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.modules import ContextEmbedding, TrackEncoder
+
+
+@dataclass
+class LSTMConfig:
+    content_dim: int = 316
+    n_ids: int = 0  # training vocabulary size; set from the data
+    dim: int = 64  # track / query vector size
+    content_hidden: int = 256
+    id_dropout: float = 0.25
+    hidden: int = 128
+    layers: int = 2
+    dropout: float = 0.1
+
+
+class LSTMRecommender(nn.Module):
+    Config = LSTMConfig
+    temperature = 1.0
+
+    def __init__(self, config: LSTMConfig):
+        super().__init__()
+        self.config = c = config
+        self.tracks = TrackEncoder(c.content_dim, c.n_ids, c.dim, c.content_hidden, c.id_dropout)
+        self.context = ContextEmbedding(c.dim)
+        self.lstm = nn.LSTM(2 * c.dim, c.hidden, c.layers, batch_first=True,
+                            dropout=c.dropout if c.layers > 1 else 0.0)
+        self.head = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(c.hidden + c.dim, c.dim))
+
+    def track_vectors(self, content: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return self.tracks(content, ids)
+
+    def forward(self, item_vectors: torch.Tensor, mask: torch.Tensor, next_hours: torch.Tensor,
+                next_weekdays: torch.Tensor) -> torch.Tensor:
+        """(B, L, dim) history vectors -> (B, L, dim) queries; step t sees steps <= t only."""
+        context = self.context(next_hours, next_weekdays)
+        hidden, _ = self.lstm(torch.cat([item_vectors, context], dim=-1))
+        return self.head(torch.cat([hidden, context], dim=-1))

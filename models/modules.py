@@ -1,0 +1,92 @@
+"""Building blocks shared by the recommenders.
+
+Every recommender scores tracks by the dot product of a query (from the listening
+history) with a track vector, and every track vector comes from ``TrackEncoder``:
+
+    track vector = MLP(standardised audio features) + ID embedding
+
+A track outside the training vocabulary (id 0: new releases, tracks nobody has played)
+has a zero ID embedding, so its vector comes from its audio alone. Training drops ID
+embeddings at random (``id_dropout``) so the audio part alone must already rank well:
+that is what makes cold-start recommendations useful rather than random.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Standardize(nn.Module):
+    """z-scores raw audio features; the statistics travel with the weights in the state_dict."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, content: torch.Tensor) -> None:
+        self.mean.copy_(content.mean(dim=0))
+        self.std.copy_(content.std(dim=0).clamp(min=1e-3))
+
+    def forward(self, content: torch.Tensor) -> torch.Tensor:
+        return (content - self.mean) / self.std
+
+
+class IDEmbedding(nn.Module):
+    """A learned vector per training-vocabulary track; id 0 (unknown) is always zero.
+
+    In training a random ``dropout`` share of ids is zeroed, as if the track were cold.
+    """
+
+    def __init__(self, n_ids: int, dim: int, dropout: float):
+        super().__init__()
+        self.table = nn.Embedding(n_ids + 1, dim, padding_idx=0)
+        nn.init.normal_(self.table.weight, std=0.01)
+        with torch.no_grad():
+            self.table.weight[0].zero_()
+        self.dropout = dropout
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        vectors = self.table(ids)
+        if self.training and self.dropout > 0:
+            vectors = vectors * (torch.rand(ids.shape, device=ids.device) >= self.dropout).unsqueeze(-1)
+        return vectors
+
+
+class TrackEncoder(nn.Module):
+    def __init__(self, content_dim: int, n_ids: int, dim: int, hidden: int, id_dropout: float):
+        super().__init__()
+        self.standardize = Standardize(content_dim)
+        self.content = nn.Sequential(nn.Linear(content_dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.ids = IDEmbedding(n_ids, dim, id_dropout)
+
+    def forward(self, content: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """``content`` (..., content_dim) raw features; ``ids`` (...) vocabulary ids, 0 = unknown."""
+        return self.content(self.standardize(content)) + self.ids(ids)
+
+
+class ContextEmbedding(nn.Module):
+    """Hour of day and day of week of the play being predicted; -1 (unknown) embeds to zero."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.hour = nn.Embedding(25, dim, padding_idx=24)
+        self.weekday = nn.Embedding(8, dim, padding_idx=7)
+
+    def forward(self, hours: torch.Tensor, weekdays: torch.Tensor) -> torch.Tensor:
+        hours = torch.where(hours < 0, torch.full_like(hours, 24), hours)
+        weekdays = torch.where(weekdays < 0, torch.full_like(weekdays, 7), weekdays)
+        return self.hour(hours) + self.weekday(weekdays)
+
+
+def recency_pool(vectors: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
+    """At every step t, the mean of the vectors at steps <= t weighted by ``decay ** (t - s)``.
+
+    ``vectors`` (B, L, d), ``mask`` (B, L) true at real steps. Returns (B, L, d).
+    """
+    steps = torch.arange(vectors.shape[1], device=vectors.device)
+    age = (steps[:, None] - steps[None, :]).float()  # (t, s)
+    weights = torch.where(age >= 0, decay ** age.clamp(min=0), torch.zeros_like(age))
+    weights = weights[None] * mask[:, None, :].float()  # (B, t, s)
+    return weights @ vectors / weights.sum(-1, keepdim=True).clamp(min=1e-9)

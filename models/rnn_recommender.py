@@ -1,0 +1,54 @@
+"""RNN recommender in the style of GRU4Rec (Hidasi et al., 2016): a GRU (or a vanilla RNN)
+over the session's track vectors predicts the next track; no context features.
+
+    track vectors ─> GRU | RNN ─> Linear ─> query(t)
+
+The output is scored against every track vector (``TrackEncoder``: audio + ID) instead of
+GRU4Rec's per-item output weights, so tracks that nobody has played can be recommended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.modules import TrackEncoder
+
+
+@dataclass
+class RNNConfig:
+    content_dim: int = 316
+    n_ids: int = 0  # training vocabulary size; set from the data
+    dim: int = 64
+    content_hidden: int = 256
+    id_dropout: float = 0.25
+    cell: str = "gru"  # "gru" or "rnn" (tanh)
+    hidden: int = 128
+    layers: int = 1
+    dropout: float = 0.1
+
+
+class RNNRecommender(nn.Module):
+    Config = RNNConfig
+    temperature = 1.0
+
+    def __init__(self, config: RNNConfig):
+        super().__init__()
+        self.config = c = config
+        cells = {"gru": nn.GRU, "rnn": nn.RNN}
+        if c.cell not in cells:
+            raise ValueError(f"RNNConfig.cell must be one of {sorted(cells)}, got {c.cell!r}")
+        self.tracks = TrackEncoder(c.content_dim, c.n_ids, c.dim, c.content_hidden, c.id_dropout)
+        self.rnn = cells[c.cell](c.dim, c.hidden, c.layers, batch_first=True,
+                                 dropout=c.dropout if c.layers > 1 else 0.0)
+        self.head = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(c.hidden, c.dim))
+
+    def track_vectors(self, content: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return self.tracks(content, ids)
+
+    def forward(self, item_vectors: torch.Tensor, mask: torch.Tensor, next_hours: torch.Tensor,
+                next_weekdays: torch.Tensor) -> torch.Tensor:
+        hidden, _ = self.rnn(item_vectors)
+        return self.head(hidden)

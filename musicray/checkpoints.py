@@ -1,0 +1,67 @@
+"""A trained model on disk: ``state_dict.pt`` (tensors only), ``config.json``, ``vocab.json``.
+
+Loadable with ``torch.load(weights_only=True)``: no pickled Python objects. The model to serve
+is ``<root>/models/<model>/<run>/model/``, the run named by ``<root>/models/<model>/LATEST``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from models import build
+from musicray import storage
+
+
+@dataclass
+class TrainedModel:
+    name: str
+    run_id: str
+    model: nn.Module
+    vocabulary: list[str]  # training-vocabulary track ids; position + 1 = id embedding row
+    metrics: dict
+
+
+def write_model_files(directory: str, name: str, model: nn.Module, vocabulary: list[str],
+                      extra: dict | None = None) -> None:
+    """Write the three files of a checkpoint into a local folder."""
+    os.makedirs(directory, exist_ok=True)
+    torch.save(model.state_dict(), os.path.join(directory, "state_dict.pt"))
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump({"model": name, "config": asdict(model.config), **(extra or {})}, f, indent=2)
+    with open(os.path.join(directory, "vocab.json"), "w") as f:
+        json.dump(vocabulary, f)
+
+
+def read_model_files(directory: str, map_location: str = "cpu") -> tuple[nn.Module, list[str], dict]:
+    """Rebuild a model from a checkpoint folder (local path or URI)."""
+    meta = json.loads(storage.read_text(storage.join(directory, "config.json")))
+    model = build(meta["model"], **meta["config"])
+    state = torch.load(io.BytesIO(storage.read_bytes(storage.join(directory, "state_dict.pt"))),
+                       map_location=map_location, weights_only=True)
+    model.load_state_dict(state)
+    vocabulary = json.loads(storage.read_text(storage.join(directory, "vocab.json")))
+    return model.eval(), vocabulary, meta
+
+
+def model_dir(root: str, name: str, run_id: str) -> str:
+    return storage.join(root, "models", name, run_id, "model")
+
+
+def latest_pointer(root: str, name: str) -> str:
+    return storage.join(root, "models", name, "LATEST")
+
+
+def load_trained(root: str, name: str, run_id: str | None = None, map_location: str = "cpu") -> TrainedModel:
+    """The model of ``run_id``, or of the run named by LATEST."""
+    run_id = run_id or storage.read_pointer(latest_pointer(root, name))
+    if run_id is None:
+        raise FileNotFoundError(f"no trained {name!r} model in {root}: run `musicray train --model {name}` first")
+    directory = model_dir(root, name, run_id)
+    model, vocabulary, meta = read_model_files(directory, map_location)
+    return TrainedModel(name, run_id, model, vocabulary, meta.get("metrics", {}))

@@ -1,0 +1,241 @@
+"""Train recommenders with Ray Train: DDP workers fed by Ray Data, a checkpoint every epoch.
+
+    python -m ray_jobs.train --model {lstm,rnn,dnn,autoencoder,all} --root ROOT --sessions LOG
+                             [--workers N] [--gpu] [--epochs E] [--run-name NAME]
+
+The latest sessions of the log (``--validation-fraction``) are held out; after every epoch
+rank 0 ranks the whole catalog for every validation position and reports MRR@20, which
+picks the best checkpoint. Checkpoints live under ``<root>/models/<model>/<run>/``; the best
+one is copied to ``<run>/model/`` and ``<root>/models/<model>/LATEST`` names the run last.
+Re-running with the same ``--run-name`` resumes from the run's latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from models import RECOMMENDERS, build, model_class
+from models.losses import NegativeSampler, NextTrackObjective
+from models.modules import Standardize
+from musicray import storage
+from musicray.checkpoints import latest_pointer, model_dir, read_model_files, write_model_files
+from musicray.content import TrackCatalog
+from musicray.evaluation import evaluate, make_examples
+from musicray.scoring import ModelScorer
+from musicray.sessions import load_log, session_arrays, split_by_time
+from ray_jobs.common import init_ray
+
+SELECTION_METRIC = "val_MRR@20"
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-5
+    workers: int = 1
+    gpu: bool = False
+    max_failures: int = 1
+    validation_fraction: float = 0.1
+    full_softmax_max_tracks: int = 200_000  # above this, sampled softmax with logQ correction
+    negatives: int = 2048
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    model: str
+    run_id: str
+    best: dict
+    history: list[dict]
+    dropped_plays: int
+
+
+# ---------------------------------------------------------------------------------------------
+# On every worker
+
+
+def train_loop(config: dict) -> None:
+    shared = ray.get(config["shared"])
+    settings: TrainSettings = config["settings"]
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(settings.seed + rank)
+
+    model = build(config["model"], **config["model_config"])
+    for module in model.modules():
+        if isinstance(module, Standardize):
+            module.fit(shared["content"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    start_epoch, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:  # resuming: same run name, or an automatic retry after a failure
+        with checkpoint.as_directory() as directory:
+            restored, _, meta = read_model_files(directory)
+            model.load_state_dict(restored.state_dict())
+            optimizer.load_state_dict(torch.load(os.path.join(directory, "optimizer.pt"), weights_only=True))
+            start_epoch, history = meta["epoch"] + 1, meta["history"]
+
+    objective = ray.train.torch.prepare_model(NextTrackObjective(model))
+    content, ids = shared["content"].to(device), shared["ids"].to(device)
+    sampler = None
+    if len(content) > settings.full_softmax_max_tracks:
+        sampler = NegativeSampler(shared["play_counts"], settings.negatives)
+    validation = make_examples(shared["validation"], shared["track_ids"]) if rank == 0 else None
+    catalog = TrackCatalog(shared["track_ids"], shared["content"])
+    shard = ray.train.get_dataset_shard("train")
+
+    for epoch in range(start_epoch, settings.epochs):
+        objective.train()
+        started, total, steps = time.perf_counter(), 0.0, 0
+        for batch in shard.iter_torch_batches(batch_size=settings.batch_size, dtypes=torch.long, device=device,
+                                              local_shuffle_buffer_size=4 * settings.batch_size,
+                                              local_shuffle_seed=settings.seed + epoch):
+            negatives, log_q = sampler.sample(device) if sampler else (None, None)
+            loss = objective(batch["items"], batch["hours"], batch["weekdays"], content, ids, negatives, log_q)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(objective.parameters(), 5.0)
+            optimizer.step()
+            total, steps = total + loss.item(), steps + 1
+        metrics = {"epoch": epoch, "train_loss": total / max(steps, 1), "epoch_seconds": time.perf_counter() - started}
+        if rank != 0:
+            ray.train.report(metrics)
+        else:
+            scores = evaluate(ModelScorer(config["model"], model, catalog, shared["vocabulary"], device), validation)
+            metrics.update({f"val_{k}": v for k, v in scores["all"].items()})
+            history.append(metrics)
+            with tempfile.TemporaryDirectory() as directory:
+                write_model_files(directory, config["model"], model, shared["vocabulary"],
+                                  extra={"epoch": epoch, "history": history, "metrics": metrics})
+                torch.save(optimizer.state_dict(), os.path.join(directory, "optimizer.pt"))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        if config.get("crash_after_epoch") == epoch:
+            os._exit(1)  # fault injection for tests: a worker dies without cleaning up
+
+
+# ---------------------------------------------------------------------------------------------
+# On the driver
+
+
+def run_train(model: str, root: str, sessions: str, *, settings: TrainSettings = TrainSettings(),
+              run_id: str | None = None, model_config: dict | None = None,
+              crash_after_epoch: int | None = None) -> TrainResult:
+    """Train one recommender on the workspace's features and a listening log; publish its best checkpoint."""
+    model_class(model)  # an unknown name fails here, before any work
+    root = storage.normalize(root)
+    catalog = TrackCatalog.from_workspace(root)
+    log = load_log(sessions)
+    known = log["track_id"].isin(catalog.index.keys())
+    dropped = int((~known).sum())
+    train_log, validation_log = split_by_time(log[known], settings.validation_fraction)
+    arrays = session_arrays(train_log, catalog.index)
+    if len(arrays["items"]) == 0:
+        raise ValueError(f"listening log {sessions} has no session of two or more known tracks to learn from")
+    vocabulary = sorted(set(train_log["track_id"]))
+    play_counts = np.bincount(train_log["track_id"].map(catalog.index), minlength=len(catalog))
+    config = {**(model_config or {}), "content_dim": catalog.content.shape[1], "n_ids": len(vocabulary)}
+    run_id = run_id or f"{model}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
+
+    init_ray()
+    shared = ray.put({"content": catalog.content, "ids": catalog.vocabulary_ids(vocabulary),
+                      "play_counts": torch.from_numpy(play_counts), "track_ids": catalog.track_ids,
+                      "vocabulary": vocabulary, "validation": validation_log})
+    fs, path = storage.resolve(storage.join(root, "models", model))
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"model": model, "model_config": config, "settings": settings, "shared": shared,
+                           "crash_after_epoch": crash_after_epoch},
+        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpu),
+        run_config=RunConfig(
+            name=run_id, storage_path=path, storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=SELECTION_METRIC,
+                                               checkpoint_score_order="max"),
+        ),
+        datasets={"train": ray.data.from_pandas(pd.DataFrame({k: list(v) for k, v in arrays.items()}))},
+    )
+    result = trainer.fit()
+    best = result.get_best_checkpoint(metric=SELECTION_METRIC, mode="max")
+    with best.as_directory() as directory:
+        with open(os.path.join(directory, "config.json")) as f:
+            meta = json.load(f)
+        target = model_dir(root, model, run_id)
+        for name in ("state_dict.pt", "config.json", "vocab.json"):
+            with open(os.path.join(directory, name), "rb") as f:
+                storage.write_bytes(storage.join(target, name), f.read())
+    storage.publish(latest_pointer(root, model), run_id)  # data first, pointer last
+    return TrainResult(model, run_id, meta["metrics"], meta["history"], dropped)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="musicray train", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, choices=[*RECOMMENDERS, "all"])
+    parser.add_argument("--root", required=True, help="workspace root with extracted features")
+    parser.add_argument("--sessions", required=True, help="listening log (Parquet: user_id, track_id, ts)")
+    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
+    parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    parser.add_argument("--epochs", type=int, default=TrainSettings.epochs)
+    parser.add_argument("--batch-size", type=int, default=TrainSettings.batch_size)
+    parser.add_argument("--lr", type=float, default=TrainSettings.lr)
+    parser.add_argument("--max-failures", type=int, default=TrainSettings.max_failures)
+    parser.add_argument("--full-softmax-max-tracks", type=int, default=TrainSettings.full_softmax_max_tracks)
+    parser.add_argument("--run-name", help="re-use a name to resume that run")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a model config field, e.g. --set dim=128 (repeatable)")
+    args = parser.parse_args(argv)
+    if args.workers < 1 or args.epochs < 1 or args.batch_size < 1:
+        parser.error("--workers, --epochs and --batch-size must be >= 1")
+    args.model_config = {}
+    for item in args.set:
+        field, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set expects FIELD=VALUE, got {item!r}")
+        try:
+            args.model_config[field] = json.loads(value)  # numbers, booleans, lists
+        except json.JSONDecodeError:
+            args.model_config[field] = value  # plain strings such as --set cell=rnn
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, workers=args.workers,
+                             gpu=args.gpu, max_failures=args.max_failures,
+                             full_softmax_max_tracks=args.full_softmax_max_tracks)
+    names = list(RECOMMENDERS) if args.model == "all" else [args.model]
+    for name in names:
+        try:
+            result = run_train(name, args.root, args.sessions, settings=settings, run_id=args.run_name,
+                               model_config=args.model_config)
+        except (ValueError, FileNotFoundError) as error:
+            print(f"musicray train: error: {error}", file=sys.stderr)
+            return 2
+        if result.dropped_plays:
+            print(f"{name}: {result.dropped_plays} log rows name tracks without features; they were left out")
+        best = result.best
+        print(f"{name} {result.run_id}: best epoch {best['epoch']} of {len(result.history)}, "
+              f"val MRR@20 {best[SELECTION_METRIC]:.4f}, HR@20 {best['val_HR@20']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
