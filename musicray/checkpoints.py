@@ -24,7 +24,9 @@ class TrainedModel:
     run_id: str
     model: nn.Module
     vocabulary: list[str]  # training-vocabulary track ids; position + 1 = id embedding row
-    metrics: dict
+    metrics: dict  # of the best epoch
+    history: list[dict]  # metrics of every epoch up to the best
+    sessions: str | None  # the listening log it was trained on
 
 
 def write_model_files(directory: str, name: str, model: nn.Module, vocabulary: list[str],
@@ -64,4 +66,5 @@ def load_trained(root: str, name: str, run_id: str | None = None, map_location: 
         raise FileNotFoundError(f"no trained {name!r} model in {root}: run `musicray train --model {name}` first")
     directory = model_dir(root, name, run_id)
     model, vocabulary, meta = read_model_files(directory, map_location)
-    return TrainedModel(name, run_id, model, vocabulary, meta.get("metrics", {}))
+    return TrainedModel(name, run_id, model, vocabulary, meta.get("metrics", {}), meta.get("history", []),
+                        meta.get("sessions"))

@@ -54,6 +54,11 @@ def features_dir(root: str) -> str:
     return storage.join(root, "features")
 
 
+def catalog_file(root: str) -> str:
+    """The catalog of the latest extract run, with its metadata columns (label, title, ...)."""
+    return storage.join(root, "catalog.parquet")
+
+
 def errors_dir(root: str) -> str:
     return storage.join(root, "errors")
 

@@ -63,7 +63,7 @@ def session_arrays(log: pd.DataFrame, index: dict[str, int], max_len: int = 50) 
     for _, session in known.groupby("session_id", sort=False):
         ids = session["track_id"].map(index).to_numpy()
         hour = session["ts"].dt.hour.to_numpy()
-        day = session["ts"].dt.weekday.to_numpy()
+        day = session["ts"].dt.day_of_week.to_numpy()
         for start in range(0, max(1, len(ids) - 1), max_len - 1):
             window = slice(start, start + max_len)
             if len(ids[window]) >= 2:

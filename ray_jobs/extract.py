@@ -41,7 +41,7 @@ from musicray import storage
 from musicray.audio import AudioError, decode
 from musicray.catalog import CatalogError, load_catalog
 from musicray.features import FeatureConfig, FeatureExtractor, pad_batch
-from musicray.schemas import ERRORS_SCHEMA, errors_dir, features_dir, features_schema, parquet_files, read_features
+from musicray.schemas import ERRORS_SCHEMA, catalog_file, errors_dir, features_dir, features_schema, parquet_files, read_features
 from ray_jobs.common import cluster_resources, init_ray
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
@@ -241,6 +241,8 @@ def run_extract(catalog: str, root: str, *, config: FeatureConfig = FeatureConfi
         raise RuntimeError(f"extract lost tracks: {report.summary()}")
 
     _retire_replaced_rows(old_files, kept_ids)
+    _write_parquet(catalog_file(root), pa.Table.from_pandas(
+        tracks.drop(columns=["listing_hash", "known_hash"]), preserve_index=False))
     for stale in old_errors:  # errors/ holds the failures of the latest run only
         storage.delete(stale)
     report.wall_seconds = time.perf_counter() - started

@@ -125,7 +125,8 @@ def train_loop(config: dict) -> None:
             history.append(metrics)
             with tempfile.TemporaryDirectory() as directory:
                 write_model_files(directory, config["model"], model, shared["vocabulary"],
-                                  extra={"epoch": epoch, "history": history, "metrics": metrics})
+                                  extra={"epoch": epoch, "history": history, "metrics": metrics,
+                                         "sessions": config["sessions"]})
                 torch.save(optimizer.state_dict(), os.path.join(directory, "optimizer.pt"))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
         if config.get("crash_after_epoch") == epoch:
@@ -163,7 +164,7 @@ def run_train(model: str, root: str, sessions: str, *, settings: TrainSettings =
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"model": model, "model_config": config, "settings": settings, "shared": shared,
-                           "crash_after_epoch": crash_after_epoch},
+                           "sessions": sessions, "crash_after_epoch": crash_after_epoch},
         scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpu),
         run_config=RunConfig(
             name=run_id, storage_path=path, storage_filesystem=fs,
@@ -175,15 +176,17 @@ def run_train(model: str, root: str, sessions: str, *, settings: TrainSettings =
     )
     result = trainer.fit()
     best = result.get_best_checkpoint(metric=SELECTION_METRIC, mode="max")
+    target = model_dir(root, model, run_id)
     with best.as_directory() as directory:
-        with open(os.path.join(directory, "config.json")) as f:
-            meta = json.load(f)
-        target = model_dir(root, model, run_id)
         for name in ("state_dict.pt", "config.json", "vocab.json"):
             with open(os.path.join(directory, name), "rb") as f:
                 storage.write_bytes(storage.join(target, name), f.read())
     storage.publish(latest_pointer(root, model), run_id)  # data first, pointer last
-    return TrainResult(model, run_id, meta["metrics"], meta["history"], dropped)
+    best_meta = json.loads(storage.read_text(storage.join(target, "config.json")))
+    with result.checkpoint.as_directory() as directory:  # the latest epoch holds the whole history
+        with open(os.path.join(directory, "config.json")) as f:
+            history = json.load(f)["history"]
+    return TrainResult(model, run_id, best_meta["metrics"], history, dropped)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,0 +1,69 @@
+"""The report's pictures, written as PNG files (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from musicray import storage  # noqa: E402
+
+
+def save(figure, uri: str) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    storage.write_bytes(uri, buffer.getvalue())
+
+
+def hit_rates(results: dict[str, dict], models: set[str], uri: str) -> None:
+    """HR@10 and HR@20 of every scorer, on all targets and on cold targets; models in colour."""
+    names = list(results)
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=False)
+    for axis, subset in zip(axes, ("all", "cold")):
+        for offset, k in ((-0.2, 10), (0.2, 20)):
+            values = [results[n][subset].get(f"HR@{k}", 0.0) for n in names]
+            colours = ["tab:blue" if n in models else "tab:gray" for n in names]
+            axis.bar(np.arange(len(names)) + offset, values, width=0.4, color=colours, alpha=0.55 if k == 10 else 1.0,
+                     label=f"HR@{k}")
+        axis.set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
+        axis.set_title(f"{subset} targets (light: HR@10, dark: HR@20; blue: models, grey: baselines)", fontsize=9)
+        axis.set_ylabel("hit rate")
+    save(figure, uri)
+
+
+def training_curves(histories: dict[str, list[dict]], uri: str, metric: str = "val_MRR@20") -> None:
+    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, history in histories.items():
+        epochs = [h["epoch"] + 1 for h in history]
+        loss_axis.plot(epochs, [h["train_loss"] for h in history], marker="o", label=name)
+        metric_axis.plot(epochs, [h[metric] for h in history], marker="o", label=name)
+    loss_axis.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    metric_axis.set(xlabel="epoch", ylabel=metric, title=f"validation {metric[4:]}")
+    metric_axis.legend()
+    save(figure, uri)
+
+
+def track_maps(spaces: dict[str, np.ndarray], labels: list[str], uri: str) -> None:
+    """Each track space projected to 2-D (PCA), one panel per space, coloured by label."""
+    names = sorted(set(labels))
+    colour = {n: plt.cm.tab10(i % 10) for i, n in enumerate(names)}
+    columns = min(3, len(spaces))
+    rows = -(-len(spaces) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4.5 * rows), squeeze=False)
+    for axis, (name, vectors) in zip(axes.flat, spaces.items()):
+        centred = vectors - vectors.mean(axis=0)
+        _, _, components = np.linalg.svd(centred, full_matrices=False)
+        points = centred @ components[:2].T
+        axis.scatter(points[:, 0], points[:, 1], s=8, c=[colour[label] for label in labels])
+        axis.set_title(name)
+        axis.set_xticks([]), axis.set_yticks([])
+    for axis in list(axes.flat)[len(spaces):]:
+        axis.axis("off")
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colour[n], label=n) for n in names]
+    figure.legend(handles=handles, loc="lower center", ncol=min(len(names), 8))
+    save(figure, uri)

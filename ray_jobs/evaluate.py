@@ -1,0 +1,186 @@
+"""Evaluate every trained recommender against the baselines by full-catalog ranking.
+
+    python -m ray_jobs.evaluate --root ROOT --sessions-test LOG --out DIR [--sessions-train LOG]
+
+At every position of every test session the whole catalog is ranked given the prefix;
+HR/MRR/NDCG@10,20 are reported for each model (its LATEST run) and for the baselines
+popularity, item-kNN, session-kNN, sequential rules and Markov, on all targets and on cold
+targets (tracks never played in training). With a ``label`` column in the catalog, each
+track space is also scored by label precision@10 of its nearest neighbours, against an
+MFCC-statistics space. Writes ``metrics.json``, ``report.md`` and PNG plots to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from datetime import datetime, timezone
+
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+
+from models import RECOMMENDERS
+from musicray import plots, storage
+from musicray.checkpoints import load_trained
+from musicray.content import TrackCatalog
+from musicray.evaluation import (baselines, cold_tracks, evaluate, label_precision_at_k, make_examples,
+                                 mfcc_baseline_vectors)
+from musicray.schemas import catalog_file, read_features
+from musicray.scoring import ModelScorer
+from musicray.sessions import load_log
+
+HEADLINE = ("HR@20", "MRR@20")
+
+
+def run_evaluate(root: str, sessions_test: str, out: str, sessions_train: str | None = None,
+                 models: list[str] | None = None) -> dict:
+    root, out = storage.normalize(root), storage.normalize(out)
+    catalog = TrackCatalog.from_workspace(root)
+    trained = {}
+    for name in models or RECOMMENDERS:
+        try:
+            trained[name] = load_trained(root, name)
+        except FileNotFoundError:
+            if models:  # asked for by name: say so; otherwise evaluate what exists
+                raise
+    sessions_train = sessions_train or next((t.sessions for t in trained.values()), None)
+    if not sessions_train:
+        raise ValueError("no training log known: pass --sessions-train (needed by the baselines and for cold tracks)")
+    train_log, test_log = load_log(sessions_train), load_log(sessions_test)
+    cold = cold_tracks(train_log, catalog.track_ids)
+    examples = make_examples(test_log, catalog.track_ids, cold)
+    if len(examples) == 0:
+        raise ValueError(f"test log {sessions_test} has no session with two or more known tracks")
+
+    scorers = baselines(train_log, catalog.track_ids)
+    scorers += [ModelScorer(name, t.model, catalog, t.vocabulary) for name, t in trained.items()]
+    ranking = {}
+    for scorer in scorers:
+        ranking[scorer.name] = evaluate(scorer, examples)
+        print(f"  {scorer.name:<17} HR@20 {ranking[scorer.name]['all']['HR@20']:.4f}  "
+              f"MRR@20 {ranking[scorer.name]['all']['MRR@20']:.4f}  ({ranking[scorer.name]['seconds']:.1f} s)")
+
+    metrics = {
+        "created_at": datetime.now(timezone.utc).isoformat(), "root": root,
+        "sessions_train": sessions_train, "sessions_test": sessions_test,
+        "catalog_tracks": len(catalog), "cold_tracks": len(cold),
+        "examples": len(examples), "cold_examples": int(examples.cold.sum()), "dropped_plays": examples.dropped,
+        "ranking": ranking,
+        "models": {name: {"run_id": t.run_id, "best": t.metrics, "history": t.history}
+                   for name, t in trained.items()},
+    }
+    labels = _labels(root, catalog.track_ids)
+    spaces = _track_spaces(trained, catalog) if labels else {}
+    if labels:
+        features = read_features(root, columns=["mfcc_mean", "mfcc_std"]).to_pandas()
+        spaces = {"mfcc-statistics (baseline)": mfcc_baseline_vectors(features), **spaces}
+        metrics["label_precision@10"] = {name: label_precision_at_k(v, labels, k=10) for name, v in spaces.items()}
+
+    storage.write_text(storage.join(out, "metrics.json"), json.dumps(metrics, indent=2, default=float))
+    plots.hit_rates(ranking, set(trained), storage.join(out, "hit_rates.png"))
+    if trained:
+        plots.training_curves({n: t.history for n, t in trained.items()},
+                              storage.join(out, "training_curves.png"))
+    if labels:
+        plots.track_maps(spaces, labels, storage.join(out, "track_map.png"))
+    storage.write_text(storage.join(out, "report.md"), report(metrics, set(trained)))
+    return metrics
+
+
+def _labels(root: str, track_ids: list[str]) -> list[str] | None:
+    if not storage.exists(catalog_file(root)):
+        return None
+    table = pq.read_table(io.BytesIO(storage.read_bytes(catalog_file(root)))).to_pandas()
+    if "label" not in table.columns:
+        return None
+    label = table.set_index("track_id")["label"].astype(str)
+    return [label.get(t, "unknown") for t in track_ids]
+
+
+@torch.no_grad()
+def _track_spaces(trained: dict, catalog: TrackCatalog) -> dict:
+    spaces = {}
+    for name, t in trained.items():
+        ids = catalog.vocabulary_ids(t.vocabulary)
+        spaces[name] = t.model.track_vectors(catalog.content, ids).numpy()
+        if hasattr(t.model, "latent"):
+            spaces[f"{name} (audio latent)"] = t.model.latent(catalog.content).numpy()
+    return spaces
+
+
+def report(metrics: dict, models: set[str]) -> str:
+    ranking = metrics["ranking"]
+    lines = [
+        "# Evaluation report", "",
+        f"{metrics['examples']} next-track positions from the test sessions ({metrics['cold_examples']} with a cold "
+        f"target), each ranked over the whole catalog of {metrics['catalog_tracks']} tracks "
+        f"({metrics['cold_tracks']} cold: never played in training). Training log: `{metrics['sessions_train']}`.",
+        "",
+        "## Next-track ranking", "",
+        _table(ranking, "all"), "",
+        "## Cold targets", "",
+        _table(ranking, "cold") if metrics["cold_examples"] else "No test target is a cold track.", "",
+        "## Models against baselines", "",
+    ]
+    baseline_names = [n for n in ranking if n not in models]
+    for metric in HEADLINE:
+        best_baseline = max(baseline_names, key=lambda n: ranking[n]["all"][metric])
+        for name in sorted(models):
+            ours, theirs = ranking[name]["all"][metric], ranking[best_baseline]["all"][metric]
+            verdict = "beats" if ours > theirs else "does not beat"
+            lines.append(f"- **{name}** {verdict} the best baseline on {metric} ({best_baseline}): "
+                         f"{ours:.4f} vs {theirs:.4f}.")
+    for name in baseline_names:
+        beaten_by = [m for m in sorted(models) if ranking[m]["all"]["MRR@20"] > ranking[name]["all"]["MRR@20"]]
+        if models and not beaten_by:
+            lines.append(f"- The baseline **{name}** wins on MRR@20 over every model.")
+    if "label_precision@10" in metrics:
+        lines += ["", "## Track spaces: label precision@10 of nearest neighbours", "",
+                  "| space | precision@10 |", "|---|---|"]
+        lines += [f"| {n} | {v:.3f} |" for n, v in metrics["label_precision@10"].items()]
+    lines += ["", "![hit rates](hit_rates.png)", ""]
+    if models:
+        lines += ["![training curves](training_curves.png)", ""]
+    if "label_precision@10" in metrics:
+        lines += ["![track map](track_map.png)", ""]
+    return "\n".join(lines)
+
+
+def _table(ranking: dict, subset: str) -> str:
+    columns = ["HR@10", "MRR@10", "NDCG@10", "HR@20", "MRR@20", "NDCG@20"]
+    rows = ["| scorer | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    order = sorted(ranking, key=lambda n: -ranking[n][subset].get("MRR@20", 0.0))
+    for name in order:
+        values = ranking[name][subset]
+        rows.append(f"| {name} | " + " | ".join(f"{values.get(c, 0.0):.4f}" for c in columns) + " |")
+    return "\n".join(rows)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="musicray evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--sessions-test", required=True, help="held-out listening log (Parquet)")
+    parser.add_argument("--sessions-train", help="training log (default: the one the models were trained on)")
+    parser.add_argument("--out", required=True, help="folder (or s3:// prefix) for metrics.json, report.md, plots")
+    parser.add_argument("--models", help=f"comma-separated subset of {','.join(RECOMMENDERS)} (default: all trained)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    models = args.models.split(",") if args.models else None
+    try:
+        metrics = run_evaluate(args.root, args.sessions_test, args.out, args.sessions_train, models)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"musicray evaluate: error: {error}", file=sys.stderr)
+        return 2
+    print(pd.DataFrame({n: r["all"] for n, r in metrics["ranking"].items()}).T[list(HEADLINE)].round(4).to_string())
+    print(f"report: {storage.join(storage.normalize(args.out), 'report.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
