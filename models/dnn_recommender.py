@@ -5,7 +5,7 @@
                  context (hour of day, day of week)       ┘
     track tower: TrackEncoder (audio features + ID)                     ─> track vector
 
-score = user vector · track vector. The user is described by what they played and when,
+score = user vector · track vector (the last coordinate carries the track's bias). The user is described by what they played and when,
 not by a user id, so a new user with a short history gets recommendations straight away.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.modules import ContextEmbedding, TrackEncoder, recency_pool
+from models.modules import ContextEmbedding, TrackEncoder, recency_pool, with_bias_slot
 
 
 @dataclass
@@ -41,7 +41,7 @@ class DNNRecommender(nn.Module):
         self.tracks = TrackEncoder(c.content_dim, c.n_ids, c.dim, c.content_hidden, c.id_dropout)
         self.context = ContextEmbedding(c.dim)
         self.user = nn.Sequential(
-            nn.Linear(3 * c.dim, c.hidden), nn.GELU(), nn.Dropout(c.dropout),
+            nn.Linear(3 * c.dim + 2, c.hidden), nn.GELU(), nn.Dropout(c.dropout),
             nn.Linear(c.hidden, c.hidden), nn.GELU(), nn.Linear(c.hidden, c.dim),
         )
 
@@ -52,4 +52,4 @@ class DNNRecommender(nn.Module):
                 next_weekdays: torch.Tensor) -> torch.Tensor:
         history = recency_pool(item_vectors, mask, self.config.recency_decay)
         context = self.context(next_hours, next_weekdays)
-        return self.user(torch.cat([history, item_vectors, context], dim=-1))
+        return with_bias_slot(self.user(torch.cat([history, item_vectors, context], dim=-1)))

@@ -6,7 +6,8 @@ differ from the same history at 08:00 on a Monday. The query at step t is scored
 every track vector (``TrackEncoder``: audio + ID), so unplayed tracks can be recommended.
 
     track vectors ──┐
-    context(t+1) ───┴─ concat ─> LSTM (2 layers) ─> concat context ─> Linear ─> query(t)
+    context(t+1) ───┴─ concat ─> LSTM (2 layers) ─> concat context ─> Linear ─┐
+    track vector(t) ─> Linear (first-order transition) ────────────────────────┴─ + ─> query(t)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.modules import ContextEmbedding, TrackEncoder
+from models.modules import ContextEmbedding, TrackEncoder, with_bias_slot
 
 
 @dataclass
@@ -40,16 +41,19 @@ class LSTMRecommender(nn.Module):
         self.config = c = config
         self.tracks = TrackEncoder(c.content_dim, c.n_ids, c.dim, c.content_hidden, c.id_dropout)
         self.context = ContextEmbedding(c.dim)
-        self.lstm = nn.LSTM(2 * c.dim, c.hidden, c.layers, batch_first=True,
+        self.lstm = nn.LSTM(2 * c.dim + 1, c.hidden, c.layers, batch_first=True,
                             dropout=c.dropout if c.layers > 1 else 0.0)
         self.head = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(c.hidden + c.dim, c.dim))
+        # A direct path from the current track: a factorised first-order transition (as in FPMC),
+        # which the recurrent state would otherwise have to learn slowly.
+        self.transition = nn.Linear(c.dim + 1, c.dim, bias=False)
 
     def track_vectors(self, content: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         return self.tracks(content, ids)
 
     def forward(self, item_vectors: torch.Tensor, mask: torch.Tensor, next_hours: torch.Tensor,
                 next_weekdays: torch.Tensor) -> torch.Tensor:
-        """(B, L, dim) history vectors -> (B, L, dim) queries; step t sees steps <= t only."""
+        """(B, L, dim + 1) history vectors -> (B, L, dim + 1) queries; step t sees steps <= t only."""
         context = self.context(next_hours, next_weekdays)
         hidden, _ = self.lstm(torch.cat([item_vectors, context], dim=-1))
-        return self.head(torch.cat([hidden, context], dim=-1))
+        return with_bias_slot(self.head(torch.cat([hidden, context], dim=-1)) + self.transition(item_vectors))

@@ -3,7 +3,12 @@
 Every recommender scores tracks by the dot product of a query (from the listening
 history) with a track vector, and every track vector comes from ``TrackEncoder``:
 
-    track vector = MLP(standardised audio features) + ID embedding
+    track vector = [ MLP(standardised audio features) + ID embedding ,  bias ]
+    bias         = Linear(standardised audio features) + ID bias
+
+The last coordinate is the track's bias, a learned prior (how likely it is to be played at
+all); queries carry a constant 1 in that slot (``with_bias_slot``), so a plain dot product
+scores query and bias together.
 
 A track outside the training vocabulary (id 0: new releases, tracks nobody has played)
 has a zero ID embedding, so its vector comes from its audio alone. Training drops ID
@@ -55,15 +60,22 @@ class IDEmbedding(nn.Module):
 
 
 class TrackEncoder(nn.Module):
+    """Track vectors of size ``dim + 1``: ``dim`` coordinates plus the bias in the last one."""
+
     def __init__(self, content_dim: int, n_ids: int, dim: int, hidden: int, id_dropout: float):
         super().__init__()
         self.standardize = Standardize(content_dim)
-        self.content = nn.Sequential(nn.Linear(content_dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-        self.ids = IDEmbedding(n_ids, dim, id_dropout)
+        self.content = nn.Sequential(nn.Linear(content_dim, hidden), nn.GELU(), nn.Linear(hidden, dim + 1))
+        self.ids = IDEmbedding(n_ids, dim + 1, id_dropout)
 
     def forward(self, content: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """``content`` (..., content_dim) raw features; ``ids`` (...) vocabulary ids, 0 = unknown."""
         return self.content(self.standardize(content)) + self.ids(ids)
+
+
+def with_bias_slot(query: torch.Tensor) -> torch.Tensor:
+    """Append the constant 1 that multiplies each track's bias."""
+    return torch.nn.functional.pad(query, (0, 1), value=1.0)
 
 
 class ContextEmbedding(nn.Module):

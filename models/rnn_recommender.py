@@ -1,7 +1,8 @@
 """RNN recommender in the style of GRU4Rec (Hidasi et al., 2016): a GRU (or a vanilla RNN)
 over the session's track vectors predicts the next track; no context features.
 
-    track vectors ─> GRU | RNN ─> Linear ─> query(t)
+    track vectors ─> GRU | RNN ─> Linear ─┐
+    track vector(t) ─> Linear ────────────┴─ + ─> query(t)      (a first-order transition path)
 
 The output is scored against every track vector (``TrackEncoder``: audio + ID) instead of
 GRU4Rec's per-item output weights, so tracks that nobody has played can be recommended.
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.modules import TrackEncoder
+from models.modules import TrackEncoder, with_bias_slot
 
 
 @dataclass
@@ -41,9 +42,10 @@ class RNNRecommender(nn.Module):
         if c.cell not in cells:
             raise ValueError(f"RNNConfig.cell must be one of {sorted(cells)}, got {c.cell!r}")
         self.tracks = TrackEncoder(c.content_dim, c.n_ids, c.dim, c.content_hidden, c.id_dropout)
-        self.rnn = cells[c.cell](c.dim, c.hidden, c.layers, batch_first=True,
+        self.rnn = cells[c.cell](c.dim + 1, c.hidden, c.layers, batch_first=True,
                                  dropout=c.dropout if c.layers > 1 else 0.0)
         self.head = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(c.hidden, c.dim))
+        self.transition = nn.Linear(c.dim + 1, c.dim, bias=False)  # first-order path, as in the LSTM
 
     def track_vectors(self, content: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         return self.tracks(content, ids)
@@ -51,4 +53,4 @@ class RNNRecommender(nn.Module):
     def forward(self, item_vectors: torch.Tensor, mask: torch.Tensor, next_hours: torch.Tensor,
                 next_weekdays: torch.Tensor) -> torch.Tensor:
         hidden, _ = self.rnn(item_vectors)
-        return self.head(hidden)
+        return with_bias_slot(self.head(hidden) + self.transition(item_vectors))

@@ -81,7 +81,7 @@ def test_learns_a_deterministic_sequence(name, sampled):
         loss.backward()
         optimizer.step()
         first = first if first is not None else loss.item()
-    assert loss.item() < 0.5 * first
+    assert loss.item() < 0.7 * first
     model.eval()
     with torch.no_grad():
         vectors = model.track_vectors(content, ids)
