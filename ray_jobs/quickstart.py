@@ -35,14 +35,43 @@ def stage_extract(args) -> str:
     from ray_jobs.extract import run_extract
 
     init_ray()
-    report = run_extract(str(Path(args.demo) / "catalog.parquet"), args.root)
+    report = run_extract(_demo_file(args, "catalog.parquet"), args.root)
     table = read_features(args.root, columns=["tempo_bpm"])
     return f"{report.summary()}; {table.num_rows} rows in {features_dir(args.root)}"
+
+
+def stage_train(args) -> str:
+    from models import RECOMMENDERS
+    from ray_jobs.train import TrainSettings, run_train
+
+    settings = TrainSettings(epochs=args.epochs)
+    results = [run_train(name, args.root, _demo_file(args, "sessions_train.parquet"), settings=settings)
+               for name in RECOMMENDERS]
+    return "; ".join(f"{r.model} val MRR@20 {r.best['val_MRR@20']:.3f}" for r in results)
+
+
+def stage_evaluate(args) -> str:
+    import pandas as pd
+
+    from ray_jobs.evaluate import HEADLINE, run_evaluate
+
+    out = storage.join(args.root, "reports", "quickstart")
+    metrics = run_evaluate(args.root, _demo_file(args, "sessions_test.parquet"), out)
+    table = pd.DataFrame({name: {**{m: r["all"][m] for m in HEADLINE}, "cold HR@20": r["cold"].get("HR@20", 0.0)}
+                          for name, r in metrics["ranking"].items()}).T
+    print(table.sort_values("MRR@20", ascending=False).round(4).to_string())
+    return f"report in {storage.join(out, 'report.md')}"
+
+
+def _demo_file(args, name: str) -> str:
+    return str(Path(args.demo) / name)
 
 
 STAGES = [
     ("demo-data", stage_demo_data),
     ("extract", stage_extract),
+    ("train", stage_train),
+    ("evaluate", stage_evaluate),
 ]
 
 
@@ -53,6 +82,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tracks", type=int, default=300)
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs per model (default 8)")
     args = parser.parse_args(argv)
     args.root = storage.normalize(args.root)
 
