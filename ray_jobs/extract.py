@@ -45,6 +45,7 @@ from musicray.schemas import ERRORS_SCHEMA, catalog_file, errors_dir, features_d
 from ray_jobs.common import cluster_resources, init_ray
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+BATCH_SIZE = 16  # tracks per feature batch: ~0.7 GB of working memory per actor at 30 s crops
 
 
 @dataclass
@@ -120,25 +121,41 @@ class ComputeFeatures:
         if self.decode_inline:
             batch = decode_batch(batch, self.config)
         batch = batch.reset_index(drop=True)
-        ready = batch.index[batch["status"] == DONE].tolist()
-        columns = {name: [None] * len(batch) for name in self.schema.names}
-        for name in ("track_id", "uri", "content_hash", "status", "error_kind", "message",
-                     "sample_rate", "channels", "duration_s"):
-            columns[name] = [None if pd.isna(v) else v for v in batch[name].tolist()]
+        ready = (batch["status"] == DONE).to_numpy()
+        columns = {name: batch[name].tolist() for name in PASSED_THROUGH}
         columns["extractor_version"] = [self.config.version] * len(batch)
         columns["extracted_at"] = [self.extracted_at] * len(batch)
-        if ready:
-            clips = [np.frombuffer(batch.at[i, "samples"], dtype=np.float32) for i in ready]
+        features = {}
+        if ready.any():
+            clips = [np.frombuffer(b, dtype=np.float32) for b in batch.loc[ready, "samples"]]
             waveforms, lengths = pad_batch(clips, self.config.n_samples)
             features = {k: v.float().cpu().numpy() for k, v in self.extractor(waveforms, lengths).items()}
-            crop_frames = (1 + lengths // self.config.hop_length).clamp(max=self.config.n_frames).tolist()
-            for j, i in enumerate(ready):
-                columns["crop_frames"][i] = crop_frames[j]
-                columns["logmel"][i] = features["logmel"][j].astype(np.float16).ravel()
-                for name, values in features.items():
-                    if name != "logmel":
-                        columns[name][i] = values[j]
-        return pa.Table.from_pydict(columns, schema=self.schema)
+            features["logmel"] = features["logmel"].astype(np.float16)
+            features["crop_frames"] = (1 + lengths // self.config.hop_length).clamp(max=self.config.n_frames).numpy()
+        arrays = []
+        for field in self.schema:
+            if field.name in columns:
+                arrays.append(pa.array([None if pd.isna(v) else v for v in columns[field.name]], type=field.type))
+            else:
+                arrays.append(_scatter(features.get(field.name), ready, field.type))
+        return pa.Table.from_arrays(arrays, schema=self.schema)
+
+
+PASSED_THROUGH = ("track_id", "uri", "content_hash", "status", "error_kind", "message",
+                  "sample_rate", "channels", "duration_s")
+
+
+def _scatter(values: np.ndarray | None, ready: np.ndarray, type: pa.DataType) -> pa.Array:
+    """An Arrow column holding ``values`` at the ``ready`` rows and nulls elsewhere, built in one go."""
+    n = len(ready)
+    if values is None:
+        return pa.nulls(n, type)
+    full = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
+    full[ready] = values
+    if pa.types.is_fixed_size_list(type):
+        flat = pa.array(full.reshape(-1), type=type.value_type)
+        return pa.FixedSizeListArray.from_arrays(flat, type.list_size, mask=pa.array(~ready))
+    return pa.array(full.astype(type.to_pandas_dtype()), type=type, mask=~ready)
 
 
 def pipeline_schema(config: FeatureConfig) -> pa.Schema:
@@ -196,8 +213,11 @@ class FeatureSink(Datasink):
 
 
 def _write_parquet(uri: str, table: pa.Table) -> None:
+    # Dictionaries and min/max statistics help only scalar columns; on the log-mel lists they
+    # cost more time than the compression itself.
+    scalar = [f.name for f in table.schema if not pa.types.is_list(f.type) and not pa.types.is_fixed_size_list(f.type)]
     buffer = pa.BufferOutputStream()
-    pq.write_table(table, buffer, compression="zstd")
+    pq.write_table(table, buffer, compression="zstd", use_dictionary=scalar, write_statistics=scalar)
     storage.write_bytes(uri, buffer.getvalue().to_pybytes())
 
 
@@ -206,7 +226,7 @@ def _write_parquet(uri: str, table: pa.Table) -> None:
 
 
 def run_extract(catalog: str, root: str, *, config: FeatureConfig = FeatureConfig(), gpu: bool = False,
-                batch_size: int = 8, rows_per_file: int = 256, run_id: str | None = None) -> ExtractReport:
+                batch_size: int = BATCH_SIZE, rows_per_file: int = 256, run_id: str | None = None) -> ExtractReport:
     """Extract features for every new or changed track of ``catalog`` into the workspace ``root``."""
     started = time.perf_counter()
     tracks = load_catalog(catalog)  # every input check happens before any work
@@ -229,7 +249,10 @@ def run_extract(catalog: str, root: str, *, config: FeatureConfig = FeatureConfi
     if len(todo):
         init_ray()
         sink = FeatureSink(root, run_id, config, rows_per_file)
-        _build_pipeline(todo, config, gpu, batch_size, datetime.now(timezone.utc)).write_datasink(sink)
+        # Writing is light next to feature maths; reserving CPU for it would leave it queued behind
+        # the actors (which hold every CPU) until they finish, instead of streaming alongside.
+        _build_pipeline(todo, config, gpu, batch_size, datetime.now(timezone.utc)).write_datasink(
+            sink, ray_remote_args={"num_cpus": 0})
         report.done = len(sink.counts["done_ids"])
         report.skipped = len(sink.counts["skipped_ids"])
         report.failed = len(sink.counts["failed_kinds"])
@@ -271,7 +294,7 @@ def _build_pipeline(todo: pd.DataFrame, config: FeatureConfig, gpu: bool, batch_
         fn_constructor_kwargs={"config": config, "device": "cuda" if gpu else "cpu",
                                "decode_inline": not gpu, "extracted_at": extracted_at},
         batch_format="pandas", batch_size=batch_size,
-        compute=ActorPoolStrategy(min_size=1, max_size=pool), **actor_resources,
+        compute=ActorPoolStrategy(size=pool), **actor_resources,
     )
 
 
@@ -301,7 +324,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-failure-rate", type=float, default=0.05,
                         help="exit non-zero when more than this fraction of tracks fail (default 0.05)")
     parser.add_argument("--crop-seconds", type=float, default=30.0, help="centre crop length (default 30)")
-    parser.add_argument("--batch-size", type=int, default=8, help="tracks per feature batch (default 8)")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                        help=f"tracks per feature batch (default {BATCH_SIZE})")
     args = parser.parse_args(argv)
     if not 0.0 <= args.max_failure_rate <= 1.0:
         parser.error(f"--max-failure-rate must be within [0, 1], got {args.max_failure_rate}")

@@ -61,6 +61,13 @@ def test_logmel_mfcc_chroma_match_librosa(extractor, music):
     assert not torch.allclose(ours["chroma_mean"][0], ours["chroma_mean"][1], atol=0.05)
 
 
+def test_chroma_filterbank_is_librosas():
+    from musicray.features import chroma_filterbank
+
+    np.testing.assert_allclose(chroma_filterbank(SR, 2048), librosa.filters.chroma(sr=SR, n_fft=2048, tuning=0.0),
+                               atol=1e-6)
+
+
 def test_tempo_of_a_click_track():
     for bpm in (90.0, 128.0):
         y = librosa.clicks(times=np.arange(0, 6.0, 60.0 / bpm), sr=SR, length=CONFIG.n_samples)
