@@ -151,12 +151,13 @@ def test_s3_manifest_and_listed_prefix(ray_cluster, bucket, tmp_path):
     for uri, data in tracks.values():
         storage.write_bytes(f"s3://{bucket}/{uri}", data)
     # a manifest on S3 with keys relative to it
-    local_manifest = write_catalog(tmp_path, {k: (u, None) for k, (u, _) in tracks.items()})
+    listed_in_manifest = {**{k: (u, None) for k, (u, _) in tracks.items()}, "gone": ("audio/gone.wav", None)}
+    local_manifest = write_catalog(tmp_path, listed_in_manifest)
     storage.write_bytes(f"s3://{bucket}/catalog.parquet", local_manifest.read_bytes())
     root = f"s3://{bucket}/ws"
 
     report = extract.run_extract(f"s3://{bucket}/catalog.parquet", root, config=CONFIG)
-    assert (report.done, report.failed) == (len(tracks), 0)
+    assert (report.done, report.failed, report.failures_by_kind) == (len(tracks), 1, {"missing": 1})
     features = read_features(root)
     assert sorted(features.column("track_id").to_pylist()) == sorted(tracks)
     assert all(u.startswith(f"s3://{bucket}/audio/") for u in features.column("uri").to_pylist())
