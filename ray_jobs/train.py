@@ -13,6 +13,7 @@ Re-running with the same ``--run-name`` resumes from the run's latest checkpoint
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -86,13 +87,13 @@ def train_loop(config: dict) -> None:
             module.fit(shared["content"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     start_epoch, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:  # resuming: same run name, or an automatic retry after a failure
-        with checkpoint.as_directory() as directory:
-            restored, _, meta = read_model_files(directory)
-            model.load_state_dict(restored.state_dict())
-            optimizer.load_state_dict(torch.load(os.path.join(directory, "optimizer.pt"), weights_only=True))
-            start_epoch, history = meta["epoch"] + 1, meta["history"]
+    resume_from = newest_checkpoint(config["run_uri"])
+    if resume_from:  # resuming: same run name, or an automatic retry after a failure
+        restored, _, meta = read_model_files(resume_from)
+        model.load_state_dict(restored.state_dict())
+        optimizer_state = io.BytesIO(storage.read_bytes(storage.join(resume_from, "optimizer.pt")))
+        optimizer.load_state_dict(torch.load(optimizer_state, weights_only=True))
+        start_epoch, history = meta["epoch"] + 1, meta["history"]
 
     objective = ray.train.torch.prepare_model(NextTrackObjective(model))
     content, ids = shared["content"].to(device), shared["ids"].to(device)
@@ -133,6 +134,29 @@ def train_loop(config: dict) -> None:
             os._exit(1)  # fault injection for tests: a worker dies without cleaning up
 
 
+CHECKPOINT_FILES = {"state_dict.pt", "config.json", "vocab.json", "optimizer.pt"}
+
+
+def newest_checkpoint(run_uri: str) -> str | None:
+    """The run's newest complete checkpoint folder on storage, or None.
+
+    Not ``ray.train.get_checkpoint()``: that returns what Ray Train's controller registered,
+    and a checkpoint uploaded just before a worker died can be on storage yet unregistered,
+    which would cost an epoch. A folder counts once all its files are there.
+    """
+    if not storage.exists(run_uri):
+        return None
+    folders: dict[str, set[str]] = {}
+    for file in storage.list_files(run_uri):
+        folder, _, name = file.uri.rpartition("/")
+        if folder.rpartition("/")[2].startswith("checkpoint_"):
+            folders.setdefault(folder, set()).add(name)
+    complete = [folder for folder, names in folders.items() if CHECKPOINT_FILES <= names]
+    if not complete:
+        return None
+    return max(complete, key=lambda f: json.loads(storage.read_text(storage.join(f, "config.json")))["epoch"])
+
+
 # ---------------------------------------------------------------------------------------------
 # On the driver
 
@@ -164,7 +188,8 @@ def run_train(model: str, root: str, sessions: str, *, settings: TrainSettings =
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"model": model, "model_config": config, "settings": settings, "shared": shared,
-                           "sessions": sessions, "crash_after_epoch": crash_after_epoch},
+                           "sessions": sessions, "run_uri": storage.join(root, "models", model, run_id),
+                           "crash_after_epoch": crash_after_epoch},
         scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpu),
         run_config=RunConfig(
             name=run_id, storage_path=path, storage_filesystem=fs,
