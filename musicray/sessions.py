@@ -35,7 +35,8 @@ def load_log(uri: str) -> pd.DataFrame:
     log["user_id"] = log["user_id"].astype(str)
     log["track_id"] = log["track_id"].astype(str)
     ts = log["ts"]
-    log["ts"] = pd.to_datetime(ts, unit="s", utc=True) if pd.api.types.is_numeric_dtype(ts) else pd.to_datetime(ts, utc=True)
+    numeric = pd.api.types.is_numeric_dtype(ts)  # epoch seconds
+    log["ts"] = pd.to_datetime(ts, unit="s", utc=True) if numeric else pd.to_datetime(ts, utc=True)
     if "session_id" not in log.columns:
         log = log.sort_values(["user_id", "ts"], kind="stable")
         new_session = (log["user_id"] != log["user_id"].shift()) | (log["ts"].diff() > SESSION_GAP)

@@ -41,7 +41,8 @@ from musicray import storage
 from musicray.audio import AudioError, decode
 from musicray.catalog import CatalogError, load_catalog
 from musicray.features import FeatureConfig, FeatureExtractor, pad_batch
-from musicray.schemas import ERRORS_SCHEMA, catalog_file, errors_dir, features_dir, features_schema, parquet_files, read_features
+from musicray.schemas import (ERRORS_SCHEMA, catalog_file, errors_dir, features_dir, features_schema,
+                              parquet_files, read_features)
 from ray_jobs.common import cluster_resources, init_ray
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
