@@ -21,24 +21,18 @@ import torch
 
 from models import build
 from models.losses import NextTrackObjective
-from models.modules import Standardize
-from musicray.content import TrackCatalog
-from musicray.sessions import load_log, session_arrays, split_by_time
-from ray_jobs.train import TrainSettings, run_train
+from models.modules import fit_standardizers
+from ray_jobs.train import TrainSettings, prepare_data, run_train
 
 
 def plain_loop(root: str, sessions: str, settings: TrainSettings) -> tuple[float, int]:
     torch.set_num_threads(1)  # as a Ray Train worker with one CPU
     torch.manual_seed(settings.seed)
-    catalog = TrackCatalog.from_workspace(root)
-    log = load_log(sessions)
-    train_log, _ = split_by_time(log[log["track_id"].isin(catalog.index.keys())], settings.validation_fraction)
-    arrays = {k: torch.from_numpy(v) for k, v in session_arrays(train_log, catalog.index).items()}
-    vocabulary = sorted(set(train_log["track_id"]))
+    data = prepare_data(root, sessions, settings.validation_fraction)  # exactly what run_train uses
+    catalog, vocabulary = data.catalog, data.vocabulary
+    arrays = {k: torch.from_numpy(v) for k, v in data.arrays.items()}
     model = build("lstm", content_dim=catalog.content.shape[1], n_ids=len(vocabulary))
-    for module in model.modules():
-        if isinstance(module, Standardize):
-            module.fit(catalog.content)
+    fit_standardizers(model, catalog.content)
     objective = NextTrackObjective(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     ids = catalog.vocabulary_ids(vocabulary)

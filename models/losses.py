@@ -19,11 +19,12 @@ class NegativeSampler:
         probs = (play_counts.float() + 1.0) ** alpha  # +1: unplayed tracks are sampled too
         self.probs = probs / probs.sum()
         self.n_negatives = n_negatives
+        self.log_q = torch.log(n_negatives * self.probs)  # log of each track's expected count in a sample
 
     def sample(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(negatives (S,), log of each track's expected count in the sample (N,))."""
+        """(negatives (S,), log_q (N,))."""
         negatives = torch.multinomial(self.probs, self.n_negatives, replacement=True)
-        return negatives.to(device), torch.log(self.n_negatives * self.probs).to(device)
+        return negatives.to(device), self.log_q.to(device)
 
 
 class NextTrackObjective(nn.Module):

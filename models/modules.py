@@ -38,6 +38,13 @@ class Standardize(nn.Module):
         return (content - self.mean) / self.std
 
 
+def fit_standardizers(model: nn.Module, content: torch.Tensor) -> None:
+    """Set every ``Standardize`` of a fresh model from the training catalog's features."""
+    for module in model.modules():
+        if isinstance(module, Standardize):
+            module.fit(content)
+
+
 class IDEmbedding(nn.Module):
     """A learned vector per training-vocabulary track; id 0 (unknown) is always zero.
 

@@ -138,6 +138,7 @@ class FeatureExtractor:
 
         mfcc_mean = masked_mean(mfcc, mask)
         logmel_mean = masked_mean(logmel, mask)
+        rms_mean = masked_mean(rms, mask)
         return {
             "logmel": logmel,
             "logmel_mean": logmel_mean,  # per-band summaries: a compact content vector for the models
@@ -149,8 +150,8 @@ class FeatureExtractor:
             "spectral_bandwidth_mean": masked_mean(bandwidth, mask),
             "spectral_rolloff_mean": masked_mean(rolloff, mask),
             "spectral_flatness_mean": masked_mean(flatness, mask),
-            "rms_mean": masked_mean(rms, mask),
-            "rms_std": masked_std(rms, mask, masked_mean(rms, mask)),
+            "rms_mean": rms_mean,
+            "rms_std": masked_std(rms, mask, rms_mean),
             "onset_strength_mean": masked_mean(onset, mask),
             "tempo_bpm": tempo,
         }

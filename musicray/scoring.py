@@ -16,9 +16,10 @@ class ModelScorer:
         self.name = name
         self.model = model.eval().to(device)
         self.device = torch.device(device)
+        self.catalog_content = catalog.content.to(self.device)
         with torch.no_grad():
             ids = catalog.vocabulary_ids(vocabulary).to(self.device)
-            self.track_vectors = self.model.track_vectors(catalog.content.to(self.device), ids)
+            self.track_vectors = self.model.track_vectors(self.catalog_content, ids)
 
     @torch.no_grad()
     def score(self, batch) -> torch.Tensor:

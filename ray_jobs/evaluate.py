@@ -55,8 +55,8 @@ def run_evaluate(root: str, sessions_test: str, out: str, sessions_train: str | 
     if len(examples) == 0:
         raise ValueError(f"test log {sessions_test} has no session with two or more known tracks")
 
-    scorers = baselines(train_log, catalog.track_ids)
-    scorers += [ModelScorer(name, t.model, catalog, t.vocabulary) for name, t in trained.items()]
+    model_scorers = {name: ModelScorer(name, t.model, catalog, t.vocabulary) for name, t in trained.items()}
+    scorers = baselines(train_log, catalog.track_ids) + list(model_scorers.values())
     ranking = {}
     for scorer in scorers:
         ranking[scorer.name] = evaluate(scorer, examples)
@@ -73,10 +73,10 @@ def run_evaluate(root: str, sessions_test: str, out: str, sessions_train: str | 
                    for name, t in trained.items()},
     }
     labels = _labels(root, catalog.track_ids)
-    spaces = _track_spaces(trained, catalog) if labels else {}
     if labels:
-        features = read_features(root, columns=["mfcc_mean", "mfcc_std"]).to_pandas()
-        spaces = {"mfcc-statistics (baseline)": mfcc_baseline_vectors(features), **spaces}
+        features = read_features(root, columns=["track_id", "mfcc_mean", "mfcc_std"]).to_pandas()
+        features = features.set_index("track_id").loc[catalog.track_ids]  # rows in catalog order, as labels
+        spaces = {"mfcc-statistics (baseline)": mfcc_baseline_vectors(features), **_track_spaces(model_scorers)}
         metrics["label_precision@10"] = {name: label_precision_at_k(v, labels, k=10) for name, v in spaces.items()}
 
     storage.write_text(storage.join(out, "metrics.json"), json.dumps(metrics, indent=2, default=float))
@@ -101,13 +101,13 @@ def _labels(root: str, track_ids: list[str]) -> list[str] | None:
 
 
 @torch.no_grad()
-def _track_spaces(trained: dict, catalog: TrackCatalog) -> dict:
+def _track_spaces(scorers: dict[str, ModelScorer]) -> dict:
+    """Each model's track vectors (its recommendation space), plus audio-only latents where it has them."""
     spaces = {}
-    for name, t in trained.items():
-        ids = catalog.vocabulary_ids(t.vocabulary)
-        spaces[name] = t.model.track_vectors(catalog.content, ids).numpy()
-        if hasattr(t.model, "latent"):
-            spaces[f"{name} (audio latent)"] = t.model.latent(catalog.content).numpy()
+    for name, scorer in scorers.items():
+        spaces[name] = scorer.track_vectors.cpu().numpy()
+        if hasattr(scorer.model, "latent"):
+            spaces[f"{name} (audio latent)"] = scorer.model.latent(scorer.catalog_content).cpu().numpy()
     return spaces
 
 

@@ -134,11 +134,11 @@ class ComputeFeatures:
             features["logmel"] = features["logmel"].astype(np.float16)
             features["crop_frames"] = (1 + lengths // self.config.hop_length).clamp(max=self.config.n_frames).numpy()
         arrays = []
-        for field in self.schema:
-            if field.name in columns:
-                arrays.append(pa.array([None if pd.isna(v) else v for v in columns[field.name]], type=field.type))
+        for column in self.schema:
+            if column.name in columns:
+                arrays.append(pa.array([None if pd.isna(v) else v for v in columns[column.name]], type=column.type))
             else:
-                arrays.append(_scatter(features.get(field.name), ready, field.type))
+                arrays.append(_scatter(features.get(column.name), ready, column.type))
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
 
@@ -306,13 +306,16 @@ def _retire_replaced_rows(old_files: list[str], kept_ids: set[str]) -> None:
     that were re-extracted, failed or left the catalog go. New rows were written first, so
     a reader never loses a track whose extraction succeeded.
     """
+    kept_set = pa.array(sorted(kept_ids), pa.string())
     for uri in old_files:
-        table = pq.read_table(pa.BufferReader(storage.read_bytes(uri)))
-        keep = pc.is_in(table.column("track_id"), value_set=pa.array(sorted(kept_ids), pa.string()))
-        kept = int(pc.sum(keep).as_py() or 0)
-        if kept == table.num_rows:
+        fs, path = storage.resolve(uri)
+        ids = pq.read_table(path, filesystem=fs, columns=["track_id"]).column("track_id")  # not the log-mels
+        kept = int(pc.sum(pc.is_in(ids, value_set=kept_set)).as_py() or 0)
+        if kept == len(ids):
             continue
         if kept:
+            table = pq.read_table(path, filesystem=fs)
+            keep = pc.is_in(table.column("track_id"), value_set=kept_set)
             _write_parquet(uri.replace(".parquet", f"-c{uuid.uuid4().hex[:6]}.parquet"), table.filter(keep))
         storage.delete(uri)
 

@@ -33,7 +33,7 @@ from ray.train.torch import TorchTrainer
 
 from models import RECOMMENDERS, build, model_class
 from models.losses import NegativeSampler, NextTrackObjective
-from models.modules import Standardize
+from models.modules import fit_standardizers
 from musicray import storage
 from musicray.checkpoints import latest_pointer, model_dir, read_model_files, write_model_files
 from musicray.content import TrackCatalog
@@ -61,6 +61,30 @@ class TrainSettings:
 
 
 @dataclass
+class TrainingData:
+    catalog: TrackCatalog
+    arrays: dict[str, np.ndarray]  # padded training sessions: items, hours, weekdays
+    vocabulary: list[str]  # tracks played in training, the ID-embedding rows
+    validation: pd.DataFrame  # the held-out newest sessions
+    play_counts: np.ndarray  # per catalog track, for negative sampling
+    dropped_plays: int  # log rows naming tracks without features
+
+
+def prepare_data(root: str, sessions: str, validation_fraction: float) -> TrainingData:
+    """Features + listening log -> what every training worker needs (the same for any model)."""
+    catalog = TrackCatalog.from_workspace(root)
+    log = load_log(sessions)
+    known = log["track_id"].isin(catalog.index.keys())
+    train_log, validation = split_by_time(log[known], validation_fraction)
+    arrays = session_arrays(train_log, catalog.index)
+    if len(arrays["items"]) == 0:
+        raise ValueError(f"listening log {sessions} has no session of two or more known tracks to learn from")
+    play_counts = np.bincount(train_log["track_id"].map(catalog.index), minlength=len(catalog))
+    return TrainingData(catalog, arrays, sorted(set(train_log["track_id"])), validation, play_counts,
+                        int((~known).sum()))
+
+
+@dataclass
 class TrainResult:
     model: str
     run_id: str
@@ -82,9 +106,7 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(settings.seed + rank)
 
     model = build(config["model"], **config["model_config"])
-    for module in model.modules():
-        if isinstance(module, Standardize):
-            module.fit(shared["content"])
+    fit_standardizers(model, shared["content"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     start_epoch, history = 0, []
     resume_from = newest_checkpoint(config["run_uri"])
@@ -167,23 +189,15 @@ def run_train(model: str, root: str, sessions: str, *, settings: TrainSettings =
     """Train one recommender on the workspace's features and a listening log; publish its best checkpoint."""
     model_class(model)  # an unknown name fails here, before any work
     root = storage.normalize(root)
-    catalog = TrackCatalog.from_workspace(root)
-    log = load_log(sessions)
-    known = log["track_id"].isin(catalog.index.keys())
-    dropped = int((~known).sum())
-    train_log, validation_log = split_by_time(log[known], settings.validation_fraction)
-    arrays = session_arrays(train_log, catalog.index)
-    if len(arrays["items"]) == 0:
-        raise ValueError(f"listening log {sessions} has no session of two or more known tracks to learn from")
-    vocabulary = sorted(set(train_log["track_id"]))
-    play_counts = np.bincount(train_log["track_id"].map(catalog.index), minlength=len(catalog))
+    data = prepare_data(root, sessions, settings.validation_fraction)
+    catalog, vocabulary = data.catalog, data.vocabulary
     config = {**(model_config or {}), "content_dim": catalog.content.shape[1], "n_ids": len(vocabulary)}
     run_id = run_id or f"{model}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
 
     init_ray()
     shared = ray.put({"content": catalog.content, "ids": catalog.vocabulary_ids(vocabulary),
-                      "play_counts": torch.from_numpy(play_counts), "track_ids": catalog.track_ids,
-                      "vocabulary": vocabulary, "validation": validation_log})
+                      "play_counts": torch.from_numpy(data.play_counts), "track_ids": catalog.track_ids,
+                      "vocabulary": vocabulary, "validation": data.validation})
     fs, path = storage.resolve(storage.join(root, "models", model))
     trainer = TorchTrainer(
         train_loop,
@@ -197,7 +211,7 @@ def run_train(model: str, root: str, sessions: str, *, settings: TrainSettings =
             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=SELECTION_METRIC,
                                                checkpoint_score_order="max"),
         ),
-        datasets={"train": ray.data.from_pandas(pd.DataFrame({k: list(v) for k, v in arrays.items()}))},
+        datasets={"train": ray.data.from_pandas(pd.DataFrame({k: list(v) for k, v in data.arrays.items()}))},
     )
     result = trainer.fit()
     best = result.get_best_checkpoint(metric=SELECTION_METRIC, mode="max")
@@ -211,7 +225,7 @@ def run_train(model: str, root: str, sessions: str, *, settings: TrainSettings =
     with result.checkpoint.as_directory() as directory:  # the latest epoch holds the whole history
         with open(os.path.join(directory, "config.json")) as f:
             history = json.load(f)["history"]
-    return TrainResult(model, run_id, best_meta["metrics"], history, dropped)
+    return TrainResult(model, run_id, best_meta["metrics"], history, data.dropped_plays)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

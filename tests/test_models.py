@@ -5,7 +5,7 @@ import torch
 
 from models import RECOMMENDERS, build
 from models.losses import NegativeSampler, NextTrackObjective
-from models.modules import Standardize
+from models.modules import fit_standardizers
 from musicray.checkpoints import read_model_files, write_model_files
 
 N_TRACKS, CONTENT_DIM = 40, 12
@@ -15,9 +15,7 @@ def make(name, **overrides):
     torch.manual_seed(0)
     model = build(name, content_dim=CONTENT_DIM, n_ids=N_TRACKS, **overrides)
     content = torch.randn(N_TRACKS, CONTENT_DIM)
-    for module in model.modules():
-        if isinstance(module, Standardize):
-            module.fit(content)
+    fit_standardizers(model, content)
     return model, content, torch.arange(1, N_TRACKS + 1)
 
 
