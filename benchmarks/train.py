@@ -13,6 +13,7 @@ Samples are training sessions; each figure is the median over epochs after the f
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import time
@@ -33,6 +34,7 @@ def plain_loop(root: str, sessions: str, settings: TrainSettings) -> tuple[float
     arrays = {k: torch.from_numpy(v) for k, v in data.arrays.items()}
     model = build("lstm", content_dim=catalog.content.shape[1], n_ids=len(vocabulary))
     fit_standardizers(model, catalog.content)
+    averaged = copy.deepcopy(model).requires_grad_(False)  # ray_jobs.train keeps the same weight average
     objective = NextTrackObjective(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     ids = catalog.vocabulary_ids(vocabulary)
@@ -48,6 +50,9 @@ def plain_loop(root: str, sessions: str, settings: TrainSettings) -> tuple[float
             loss.backward()
             torch.nn.utils.clip_grad_norm_(objective.parameters(), 5.0)
             optimizer.step()
+            with torch.no_grad():
+                for average, weight in zip(averaged.parameters(), model.parameters()):
+                    average.lerp_(weight, 1.0 - settings.ema_decay)
         rates.append(n / (time.perf_counter() - started))
     return statistics.median(rates[1:]), n
 

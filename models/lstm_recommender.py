@@ -6,7 +6,7 @@ differ from the same history at 08:00 on a Monday. The query at step t is scored
 every track vector (``TrackEncoder``: audio + ID), so unplayed tracks can be recommended.
 
     track vectors ──┐
-    context(t+1) ───┴─ concat ─> LSTM (2 layers) ─> concat context ─> Linear ─┐
+    context(t+1) ───┴─ concat ─> LSTM ───────────> concat context ─> Linear ─┐
     track vector(t) ─> Linear (first-order transition) ────────────────────────┴─ + ─> query(t)
 """
 
@@ -24,12 +24,12 @@ from models.modules import ContextEmbedding, TrackEncoder, with_bias_slot
 class LSTMConfig:
     content_dim: int = 316
     n_ids: int = 0  # training vocabulary size; set from the data
-    dim: int = 64  # track / query vector size
+    dim: int = 128  # track / query vector size
     content_hidden: int = 256
-    id_dropout: float = 0.25
+    id_dropout: float = 0.1
     hidden: int = 128
-    layers: int = 2
-    dropout: float = 0.1
+    layers: int = 1
+    dropout: float = 0.5  # on the demo's validation split 0.5 beat 0.1 and 0.3 (MRR@20 +0.01)
 
 
 class LSTMRecommender(nn.Module):

@@ -22,13 +22,13 @@ from models.modules import TrackEncoder, with_bias_slot
 class RNNConfig:
     content_dim: int = 316
     n_ids: int = 0  # training vocabulary size; set from the data
-    dim: int = 64
+    dim: int = 128
     content_hidden: int = 256
-    id_dropout: float = 0.25
+    id_dropout: float = 0.1
     cell: str = "gru"  # "gru" or "rnn" (tanh)
     hidden: int = 128
     layers: int = 1
-    dropout: float = 0.1
+    dropout: float = 0.5  # on the demo's validation split 0.5 beat 0.1 and 0.3 (MRR@20 +0.01)
 
 
 class RNNRecommender(nn.Module):

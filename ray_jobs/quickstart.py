@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tracks", type=int, default=300)
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs per model (default 8)")
+    parser.add_argument("--epochs", type=int, default=12, help="training epochs per model (default 12)")
     args = parser.parse_args(argv)
     args.root = storage.normalize(args.root)
 

