@@ -243,6 +243,34 @@ def metrics_from_ranks(ranks: torch.Tensor, ks: Sequence[int] = KS) -> dict[str,
     return metrics
 
 
+def per_target(ranks: torch.Tensor, metric: str) -> torch.Tensor:
+    """Each target's share of a metric such as "MRR@20": the metric is the mean of these."""
+    kind, _, k = metric.partition("@")
+    ranks = torch.as_tensor(ranks).double()
+    hit = ranks <= int(k)
+    values = {"HR": hit.double(), "MRR": torch.where(hit, 1 / ranks, 0),
+              "NDCG": torch.where(hit, 1 / torch.log2(ranks + 1), 0)}
+    if kind not in values:
+        raise ValueError(f"metric must be HR@K, MRR@K or NDCG@K, got {metric!r}")
+    return values[kind]
+
+
+def paired_difference(ranks_a: torch.Tensor, ranks_b: torch.Tensor, metric: str, samples: int = 2000,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """The difference of ``metric`` (a - b) over the same targets, with its 95% paired-bootstrap interval.
+
+    A lead whose interval straddles 0 is a tie at this test set's size, not a win.
+    """
+    if len(ranks_a) != len(ranks_b) or len(ranks_a) == 0:
+        raise ValueError(f"need the ranks of the same non-empty targets, got {len(ranks_a)} and {len(ranks_b)}")
+    differences = per_target(ranks_a, metric) - per_target(ranks_b, metric)
+    generator = torch.Generator().manual_seed(seed)
+    resampled = torch.randint(len(differences), (samples, len(differences)), generator=generator)
+    means = differences[resampled].mean(1)
+    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=means.dtype)).tolist()
+    return differences.mean().item(), low, high
+
+
 def _check_ks(ks: Sequence[int]) -> None:
     if len(ks) == 0 or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
         raise ValueError(f"ks must be positive integers, got {ks!r}")
@@ -253,7 +281,7 @@ def evaluate(scorer: Scorer, examples: Examples, ks: Sequence[int] = KS,
     """Rank every target of ``examples`` with ``scorer``.
 
     Returns {"all": metrics, "cold": metrics on the cold targets ({} if none), "n", "n_cold",
-    "seconds"} where metrics is ``metrics_from_ranks``' dict.
+    "seconds", "ranks"} where metrics is ``metrics_from_ranks``' dict and "ranks" each target's rank.
     """
     if not isinstance(examples, Examples) or len(examples) == 0:
         raise ValueError("examples must be a non-empty Examples")
@@ -284,7 +312,7 @@ def evaluate(scorer: Scorer, examples: Examples, ks: Sequence[int] = KS,
     n_cold = int(cold.sum())
     return {"all": metrics_from_ranks(ranks, ks),
             "cold": metrics_from_ranks(ranks[cold], ks) if n_cold else {},
-            "n": len(ranks), "n_cold": n_cold, "seconds": seconds}
+            "n": len(ranks), "n_cold": n_cold, "seconds": seconds, "ranks": ranks}
 
 
 # ---------------------------------------------------------------------------------------------

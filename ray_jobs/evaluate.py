@@ -27,7 +27,7 @@ from musicray import plots, storage
 from musicray.checkpoints import load_trained
 from musicray.content import TrackCatalog
 from musicray.evaluation import (baselines, cold_tracks, evaluate, label_precision_at_k, make_examples,
-                                 mfcc_baseline_vectors)
+                                 mfcc_baseline_vectors, paired_difference)
 from musicray.schemas import catalog_file, read_features
 from musicray.scoring import ModelScorer
 from musicray.sessions import load_log
@@ -57,9 +57,10 @@ def run_evaluate(root: str, sessions_test: str, out: str, sessions_train: str | 
 
     model_scorers = {name: ModelScorer(name, t.model, catalog, t.vocabulary) for name, t in trained.items()}
     scorers = baselines(train_log, catalog.track_ids) + list(model_scorers.values())
-    ranking = {}
+    ranking, ranks = {}, {}
     for scorer in scorers:
         ranking[scorer.name] = evaluate(scorer, examples)
+        ranks[scorer.name] = ranking[scorer.name].pop("ranks")
         print(f"  {scorer.name:<17} HR@20 {ranking[scorer.name]['all']['HR@20']:.4f}  "
               f"MRR@20 {ranking[scorer.name]['all']['MRR@20']:.4f}  ({ranking[scorer.name]['seconds']:.1f} s)")
 
@@ -69,6 +70,7 @@ def run_evaluate(root: str, sessions_test: str, out: str, sessions_train: str | 
         "catalog_tracks": len(catalog), "cold_tracks": len(cold),
         "examples": len(examples), "cold_examples": int(examples.cold.sum()), "dropped_plays": examples.dropped,
         "ranking": ranking,
+        "against_baselines": against_baselines(ranking, ranks, set(trained)),
         "models": {name: {"run_id": t.run_id, "best": t.metrics, "history": t.history}
                    for name, t in trained.items()},
     }
@@ -88,6 +90,24 @@ def run_evaluate(root: str, sessions_test: str, out: str, sessions_train: str | 
         plots.track_maps(spaces, labels, storage.join(out, "track_map.png"))
     storage.write_text(storage.join(out, "report.md"), report(metrics, set(trained)))
     return metrics
+
+
+def against_baselines(ranking: dict, ranks: dict, models: set[str]) -> list[dict]:
+    """Each model against the best baseline on each headline metric, with a paired-bootstrap verdict."""
+    baseline_names = [n for n in ranking if n not in models]
+    comparisons = []
+    for metric in HEADLINE:
+        if not baseline_names:
+            break
+        best = max(baseline_names, key=lambda n: ranking[n]["all"][metric])
+        for name in sorted(models):
+            difference, low, high = paired_difference(ranks[name], ranks[best], metric)
+            verdict = "beats" if low > 0 else "loses to" if high < 0 else "ties with"
+            comparisons.append({"model": name, "baseline": best, "metric": metric, "verdict": verdict,
+                                "model_value": ranking[name]["all"][metric],
+                                "baseline_value": ranking[best]["all"][metric],
+                                "difference": difference, "low": low, "high": high})
+    return comparisons
 
 
 def _labels(root: str, track_ids: list[str]) -> list[str] | None:
@@ -125,14 +145,15 @@ def report(metrics: dict, models: set[str]) -> str:
         _table(ranking, "cold") if metrics["cold_examples"] else "No test target is a cold track.", "",
         "## Models against baselines", "",
     ]
+    lines.append("Each model against the best baseline on that metric; the interval is the 95% paired "
+                 "bootstrap interval of the difference over the same test positions, and a lead whose "
+                 "interval includes 0 is reported as a tie.")
+    lines.append("")
+    for c in metrics["against_baselines"]:
+        lines.append(f"- **{c['model']}** {c['verdict']} **{c['baseline']}** on {c['metric']}: "
+                     f"{c['model_value']:.4f} vs {c['baseline_value']:.4f} "
+                     f"(difference {c['difference']:+.4f}, 95% interval {c['low']:+.4f} to {c['high']:+.4f}).")
     baseline_names = [n for n in ranking if n not in models]
-    for metric in HEADLINE:
-        best_baseline = max(baseline_names, key=lambda n: ranking[n]["all"][metric])
-        for name in sorted(models):
-            ours, theirs = ranking[name]["all"][metric], ranking[best_baseline]["all"][metric]
-            verdict = "beats" if ours > theirs else "does not beat"
-            lines.append(f"- **{name}** {verdict} the best baseline on {metric} ({best_baseline}): "
-                         f"{ours:.4f} vs {theirs:.4f}.")
     for name in baseline_names:
         beaten_by = [m for m in sorted(models) if ranking[m]["all"]["MRR@20"] > ranking[name]["all"]["MRR@20"]]
         if models and not beaten_by:

@@ -386,3 +386,31 @@ def test_mfcc_baseline_vectors_are_z_scored():
         ev.mfcc_baseline_vectors(features.drop(columns="mfcc_std"))
     with pytest.raises(ValueError, match="equal-length"):
         ev.mfcc_baseline_vectors(pd.DataFrame({"mfcc_mean": [[1.0, 2.0], [1.0]], "mfcc_std": [[1.0], [1.0]]}))
+
+
+def test_per_target_values_average_to_the_metrics():
+    ranks = torch.tensor([1, 2, 5, 11, 20, 21, 300])
+    metrics = ev.metrics_from_ranks(ranks)
+    for metric in ("HR@10", "MRR@20", "NDCG@20"):
+        assert ev.per_target(ranks, metric).mean().item() == pytest.approx(metrics[metric])
+    with pytest.raises(ValueError, match="HR@K, MRR@K or NDCG@K"):
+        ev.per_target(ranks, "MAP@10")
+
+
+def test_paired_difference_separates_a_real_lead_from_a_tie():
+    generator = torch.Generator().manual_seed(1)
+    base = torch.randint(1, 40, (2000,), generator=generator)
+    same = ev.paired_difference(base, base, "MRR@20")
+    assert same == (0.0, 0.0, 0.0)
+
+    better = torch.clamp(base - 3, min=1)  # every target ranked up to 3 places higher
+    difference, low, high = ev.paired_difference(better, base, "MRR@20")
+    assert 0 < low <= difference <= high
+
+    swapped = base.clone()  # the same ranks, two targets exchanged: a lead of ~nothing
+    swapped[[0, 1]] = torch.tensor([1, 39])
+    difference, low, high = ev.paired_difference(swapped, base, "HR@20")
+    assert low <= difference <= high and low <= 0 <= high
+
+    with pytest.raises(ValueError, match="same non-empty targets"):
+        ev.paired_difference(base, base[:10], "MRR@20")
