@@ -23,7 +23,7 @@ import torch
 from models import build
 from models.losses import NextTrackObjective
 from models.modules import fit_standardizers
-from ray_jobs.train import TrainSettings, prepare_data, run_train
+from ray_jobs.train import TrainSettings, prepare_data, run_train, update_average
 
 
 def plain_loop(root: str, sessions: str, settings: TrainSettings) -> tuple[float, int]:
@@ -50,9 +50,7 @@ def plain_loop(root: str, sessions: str, settings: TrainSettings) -> tuple[float
             loss.backward()
             torch.nn.utils.clip_grad_norm_(objective.parameters(), 5.0)
             optimizer.step()
-            with torch.no_grad():
-                for average, weight in zip(averaged.parameters(), model.parameters()):
-                    average.lerp_(weight, 1.0 - settings.ema_decay)
+            update_average(averaged, model, settings.ema_decay)
         rates.append(n / (time.perf_counter() - started))
     return statistics.median(rates[1:]), n
 

@@ -233,14 +233,7 @@ def metrics_from_ranks(ranks: torch.Tensor, ks: Sequence[int] = KS) -> dict[str,
     if ranks.min() < 1:
         raise ValueError(f"ranks are 1-based, got a rank of {int(ranks.min())}")
     _check_ks(ks)
-    ranks = ranks.double()
-    metrics = {}
-    for k in ks:
-        hit = ranks <= k
-        metrics[f"HR@{k}"] = hit.double().mean().item()
-        metrics[f"MRR@{k}"] = torch.where(hit, 1 / ranks, 0).mean().item()
-        metrics[f"NDCG@{k}"] = torch.where(hit, 1 / torch.log2(ranks + 1), 0).mean().item()
-    return metrics
+    return {f"{kind}@{k}": per_target(ranks, f"{kind}@{k}").mean().item() for k in ks for kind in ("HR", "MRR", "NDCG")}
 
 
 def per_target(ranks: torch.Tensor, metric: str) -> torch.Tensor:

@@ -115,7 +115,7 @@ def train_loop(config: dict) -> None:
     averaged = copy.deepcopy(model).requires_grad_(False)  # the EMA of the weights: what is validated and kept
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     start_epoch, history = 0, []
-    resume_from = newest_checkpoint(config["run_uri"], RESUME_FILES)
+    resume_from = newest_checkpoint(config["run_uri"])
     if resume_from:  # resuming: same run name, or an automatic retry after a failure
         restored, _, meta = read_model_files(resume_from)
         averaged.load_state_dict(restored.state_dict())
@@ -144,9 +144,7 @@ def train_loop(config: dict) -> None:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(objective.parameters(), 5.0)
             optimizer.step()
-            with torch.no_grad():
-                for average, weight in zip(averaged.parameters(), model.parameters()):
-                    average.lerp_(weight, 1.0 - settings.ema_decay)
+            update_average(averaged, model, settings.ema_decay)
             total, steps = total + loss.item(), steps + 1
         metrics = {"epoch": epoch, "train_loss": total / max(steps, 1), "epoch_seconds": time.perf_counter() - started}
         if rank != 0:
@@ -166,20 +164,27 @@ def train_loop(config: dict) -> None:
             os._exit(1)  # fault injection for tests: a worker dies without cleaning up
 
 
-CHECKPOINT_FILES = {"state_dict.pt", "config.json", "vocab.json", "optimizer.pt"}
-RESUME_FILES = CHECKPOINT_FILES | {"training_weights.pt"}  # + the raw weights behind the average
+@torch.no_grad()
+def update_average(averaged: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """One step of the exponential moving average of ``model``'s weights kept in ``averaged``."""
+    for average, weight in zip(averaged.parameters(), model.parameters()):
+        average.lerp_(weight, 1.0 - decay)
+
+
+# state_dict.pt holds the averaged weights (what is served); training_weights.pt the raw ones behind it
+CHECKPOINT_FILES = {"state_dict.pt", "config.json", "vocab.json", "training_weights.pt", "optimizer.pt"}
 
 
 def _load_tensors(uri: str) -> dict:
     return torch.load(io.BytesIO(storage.read_bytes(uri)), weights_only=True)
 
 
-def newest_checkpoint(run_uri: str, required: set[str] = CHECKPOINT_FILES) -> str | None:
+def newest_checkpoint(run_uri: str) -> str | None:
     """The run's newest complete checkpoint folder on storage, or None.
 
     Not ``ray.train.get_checkpoint()``: that returns what Ray Train's controller registered,
     and a checkpoint uploaded just before a worker died can be on storage yet unregistered,
-    which would cost an epoch. A folder counts once all the ``required`` files are there.
+    which would cost an epoch. A folder counts once all its files are there.
     """
     if not storage.exists(run_uri):
         return None
@@ -188,7 +193,7 @@ def newest_checkpoint(run_uri: str, required: set[str] = CHECKPOINT_FILES) -> st
         folder, _, name = file.uri.rpartition("/")
         if folder.rpartition("/")[2].startswith("checkpoint_"):
             folders.setdefault(folder, set()).add(name)
-    complete = [folder for folder, names in folders.items() if required <= names]
+    complete = [folder for folder, names in folders.items() if CHECKPOINT_FILES <= names]
     if not complete:
         return None
     return max(complete, key=lambda f: json.loads(storage.read_text(storage.join(f, "config.json")))["epoch"])
