@@ -1,5 +1,7 @@
 """The model types, pure PyTorch, built by name.
 
+``RECOMMENDERS`` are the four track recommenders (``train --model all`` and evaluation iterate
+them); ``GENERATORS`` the music generator, which continues audio rather than ranking tracks.
 Recommenders share one interface, so training, evaluation, refresh and serving treat them alike:
 
     model.track_vectors(content (N, D), ids (N,)) -> (N, dim)      every track, played or not
@@ -15,6 +17,7 @@ from torch import nn
 
 from models.autoencoder import AutoencoderConfig, AutoencoderRecommender
 from models.dnn_recommender import DNNConfig, DNNRecommender
+from models.lstm_generator import GeneratorConfig, LSTMGenerator
 from models.lstm_recommender import LSTMConfig, LSTMRecommender
 from models.rnn_recommender import RNNConfig, RNNRecommender
 
@@ -25,11 +28,17 @@ RECOMMENDERS: dict[str, type[nn.Module]] = {
     "autoencoder": AutoencoderRecommender,
 }
 
+GENERATORS: dict[str, type[nn.Module]] = {
+    "generator": LSTMGenerator,
+}
+
+MODELS: dict[str, type[nn.Module]] = {**RECOMMENDERS, **GENERATORS}
+
 
 def model_class(name: str) -> type[nn.Module]:
-    if name not in RECOMMENDERS:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(RECOMMENDERS)}")
-    return RECOMMENDERS[name]
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+    return MODELS[name]
 
 
 def build(name: str, **config) -> nn.Module:
@@ -42,4 +51,5 @@ def build(name: str, **config) -> nn.Module:
     return cls(cls.Config(**config))
 
 
-__all__ = ["RECOMMENDERS", "build", "model_class", "AutoencoderConfig", "DNNConfig", "LSTMConfig", "RNNConfig"]
+__all__ = ["GENERATORS", "MODELS", "RECOMMENDERS", "build", "model_class", "AutoencoderConfig", "DNNConfig",
+           "GeneratorConfig", "LSTMConfig", "RNNConfig"]

@@ -29,6 +29,9 @@ class TrainedModel:
     sessions: str | None  # the listening log it was trained on
 
 
+MODEL_FILES = ("state_dict.pt", "config.json", "vocab.json")
+
+
 def write_model_files(directory: str, name: str, model: nn.Module, vocabulary: list[str],
                       extra: dict | None = None) -> None:
     """Write the three files of a checkpoint into a local folder."""
@@ -44,11 +47,34 @@ def read_model_files(directory: str, map_location: str = "cpu") -> tuple[nn.Modu
     """Rebuild a model from a checkpoint folder (local path or URI)."""
     meta = json.loads(storage.read_text(storage.join(directory, "config.json")))
     model = build(meta["model"], **meta["config"])
-    state = torch.load(io.BytesIO(storage.read_bytes(storage.join(directory, "state_dict.pt"))),
-                       map_location=map_location, weights_only=True)
-    model.load_state_dict(state)
+    model.load_state_dict(load_tensors(storage.join(directory, "state_dict.pt"), map_location))
     vocabulary = json.loads(storage.read_text(storage.join(directory, "vocab.json")))
     return model.eval(), vocabulary, meta
+
+
+def load_tensors(uri: str, map_location: str = "cpu") -> dict:
+    """A ``torch.save``d dict of tensors (weights, optimizer state) from a path or URI."""
+    return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location=map_location, weights_only=True)
+
+
+def newest_checkpoint(run_uri: str, required: set[str]) -> str | None:
+    """The run's newest complete checkpoint folder on storage (one holding all ``required`` files), or None.
+
+    Not ``ray.train.get_checkpoint()``: that returns what Ray Train's controller registered,
+    and a checkpoint uploaded just before a worker died can be on storage yet unregistered,
+    which would cost an epoch.
+    """
+    if not storage.exists(run_uri):
+        return None
+    folders: dict[str, set[str]] = {}
+    for file in storage.list_files(run_uri):
+        folder, _, name = file.uri.rpartition("/")
+        if folder.rpartition("/")[2].startswith("checkpoint_"):
+            folders.setdefault(folder, set()).add(name)
+    complete = [folder for folder, names in folders.items() if required <= names]
+    if not complete:
+        return None
+    return max(complete, key=lambda f: json.loads(storage.read_text(storage.join(f, "config.json")))["epoch"])
 
 
 def model_dir(root: str, name: str, run_id: str) -> str:

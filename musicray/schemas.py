@@ -70,8 +70,8 @@ def parquet_files(directory: str) -> list[str]:
     return [f.uri for f in storage.list_files(directory, suffixes=(".parquet",))]
 
 
-def read_features(root: str, columns: list[str] | None = None) -> pa.Table:
-    """The features table, one row per track.
+def read_features(root: str, columns: list[str] | None = None, track_ids: list[str] | None = None) -> pa.Table:
+    """The features table, one row per track (only those in ``track_ids`` when given).
 
     Should a run have stopped between writing new rows and retiring the ones they replace,
     a track can appear twice; the newest ``extracted_at`` wins.
@@ -83,7 +83,9 @@ def read_features(root: str, columns: list[str] | None = None) -> pa.Table:
         return schema.empty_table() if wanted is None else schema.empty_table().select(wanted)
     fs, _ = storage.resolve(files[0])
     paths = [storage.resolve(f)[1] for f in files]
-    table = pads.dataset(paths, filesystem=fs, format="parquet").to_table(columns=wanted)
+    # The filter is pushed into the Parquet scan, so a few tracks' log-mels cost a few reads.
+    selection = None if track_ids is None else pc.field("track_id").isin(list(track_ids))
+    table = pads.dataset(paths, filesystem=fs, format="parquet").to_table(columns=wanted, filter=selection)
     table = table.sort_by([("track_id", "ascending"), ("extracted_at", "descending")])
     ids = table.column("track_id")
     if len(ids) > 1:

@@ -1,10 +1,16 @@
-"""What every job shares: joining the Ray cluster and sizing work to it."""
+"""What every job shares: joining the Ray cluster, sizing work to it, and the training jobs' plumbing."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 
 import ray
+import ray.train
+
+from musicray import storage
+from musicray.checkpoints import MODEL_FILES, latest_pointer, model_dir
 
 
 def init_ray() -> None:
@@ -21,3 +27,37 @@ def cluster_resources() -> tuple[int, int]:
     """(CPUs, GPUs) in the cluster right now."""
     resources = ray.cluster_resources()
     return int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
+
+
+def parse_model_config(parser: argparse.ArgumentParser, items: list[str]) -> dict:
+    """``--set FIELD=VALUE`` arguments -> a model config dict; values parse as JSON where they can."""
+    config = {}
+    for item in items:
+        field, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set expects FIELD=VALUE, got {item!r}")
+        try:
+            config[field] = json.loads(value)  # numbers, booleans, lists
+        except json.JSONDecodeError:
+            config[field] = value  # plain strings such as --set cell=rnn
+    return config
+
+
+def publish_best(result: ray.train.Result, root: str, model: str, run_id: str, metric: str,
+                 mode: str) -> tuple[dict, list[dict]]:
+    """Copy a finished run's best checkpoint to ``<run>/model/``, then point LATEST at the run.
+
+    Returns the best epoch's metrics and the history of every epoch (resumed ones included).
+    """
+    best = result.get_best_checkpoint(metric=metric, mode=mode)
+    target = model_dir(root, model, run_id)
+    with best.as_directory() as directory:
+        for name in MODEL_FILES:
+            with open(os.path.join(directory, name), "rb") as f:
+                storage.write_bytes(storage.join(target, name), f.read())
+    storage.publish(latest_pointer(root, model), run_id)  # data first, pointer last
+    best_meta = json.loads(storage.read_text(storage.join(target, "config.json")))
+    with result.checkpoint.as_directory() as directory:  # the latest epoch holds the whole history
+        with open(os.path.join(directory, "config.json")) as f:
+            history = json.load(f)["history"]
+    return best_meta["metrics"], history

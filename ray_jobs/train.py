@@ -1,9 +1,10 @@
-"""Train recommenders with Ray Train: DDP workers fed by Ray Data, a checkpoint every epoch.
+"""Train the models with Ray Train: DDP workers fed by Ray Data, a checkpoint every epoch.
 
     python -m ray_jobs.train --model {lstm,rnn,dnn,autoencoder,all} --root ROOT --sessions LOG
-                             [--workers N] [--gpu] [--epochs E] [--run-name NAME]
+                             [--workers N] [--gpu] [--epochs E] [--run-name NAME] [--set FIELD=VALUE]
+    python -m ray_jobs.train --model generator --root ROOT [...]   (ray_jobs/train_generator.py)
 
-The latest sessions of the log (``--validation-fraction``) are held out; after every epoch
+For the recommenders, the latest sessions of the log (``--validation-fraction``) are held out; after every epoch
 rank 0 ranks the whole catalog for every validation position and reports MRR@20, which
 picks the best checkpoint. Checkpoints live under ``<root>/models/<model>/<run>/``; the best
 one is copied to ``<run>/model/`` and ``<root>/models/<model>/LATEST`` names the run last.
@@ -14,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
-import json
 import os
 import sys
 import tempfile
@@ -32,16 +31,16 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from models import RECOMMENDERS, build, model_class
+from models import GENERATORS, RECOMMENDERS, build, model_class
 from models.losses import NegativeSampler, NextTrackObjective
 from models.modules import fit_standardizers
 from musicray import storage
-from musicray.checkpoints import latest_pointer, model_dir, read_model_files, write_model_files
+from musicray.checkpoints import MODEL_FILES, load_tensors, newest_checkpoint, read_model_files, write_model_files
 from musicray.content import TrackCatalog
 from musicray.evaluation import evaluate, make_examples
 from musicray.scoring import ModelScorer
 from musicray.sessions import load_log, session_arrays, split_by_time
-from ray_jobs.common import init_ray
+from ray_jobs.common import init_ray, parse_model_config, publish_best
 
 SELECTION_METRIC = "val_MRR@20"
 
@@ -115,12 +114,12 @@ def train_loop(config: dict) -> None:
     averaged = copy.deepcopy(model).requires_grad_(False)  # the EMA of the weights: what is validated and kept
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     start_epoch, history = 0, []
-    resume_from = newest_checkpoint(config["run_uri"])
+    resume_from = newest_checkpoint(config["run_uri"], CHECKPOINT_FILES)
     if resume_from:  # resuming: same run name, or an automatic retry after a failure
         restored, _, meta = read_model_files(resume_from)
         averaged.load_state_dict(restored.state_dict())
-        model.load_state_dict(_load_tensors(storage.join(resume_from, "training_weights.pt")))
-        optimizer.load_state_dict(_load_tensors(storage.join(resume_from, "optimizer.pt")))
+        model.load_state_dict(load_tensors(storage.join(resume_from, "training_weights.pt")))
+        optimizer.load_state_dict(load_tensors(storage.join(resume_from, "optimizer.pt")))
         start_epoch, history = meta["epoch"] + 1, meta["history"]
 
     objective = ray.train.torch.prepare_model(NextTrackObjective(model))
@@ -172,31 +171,7 @@ def update_average(averaged: torch.nn.Module, model: torch.nn.Module, decay: flo
 
 
 # state_dict.pt holds the averaged weights (what is served); training_weights.pt the raw ones behind it
-CHECKPOINT_FILES = {"state_dict.pt", "config.json", "vocab.json", "training_weights.pt", "optimizer.pt"}
-
-
-def _load_tensors(uri: str) -> dict:
-    return torch.load(io.BytesIO(storage.read_bytes(uri)), weights_only=True)
-
-
-def newest_checkpoint(run_uri: str) -> str | None:
-    """The run's newest complete checkpoint folder on storage, or None.
-
-    Not ``ray.train.get_checkpoint()``: that returns what Ray Train's controller registered,
-    and a checkpoint uploaded just before a worker died can be on storage yet unregistered,
-    which would cost an epoch. A folder counts once all its files are there.
-    """
-    if not storage.exists(run_uri):
-        return None
-    folders: dict[str, set[str]] = {}
-    for file in storage.list_files(run_uri):
-        folder, _, name = file.uri.rpartition("/")
-        if folder.rpartition("/")[2].startswith("checkpoint_"):
-            folders.setdefault(folder, set()).add(name)
-    complete = [folder for folder, names in folders.items() if CHECKPOINT_FILES <= names]
-    if not complete:
-        return None
-    return max(complete, key=lambda f: json.loads(storage.read_text(storage.join(f, "config.json")))["epoch"])
+CHECKPOINT_FILES = {*MODEL_FILES, "training_weights.pt", "optimizer.pt"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,55 +208,54 @@ def run_train(model: str, root: str, sessions: str, *, settings: TrainSettings =
         ),
         datasets={"train": ray.data.from_pandas(pd.DataFrame({k: list(v) for k, v in data.arrays.items()}))},
     )
-    result = trainer.fit()
-    best = result.get_best_checkpoint(metric=SELECTION_METRIC, mode="max")
-    target = model_dir(root, model, run_id)
-    with best.as_directory() as directory:
-        for name in ("state_dict.pt", "config.json", "vocab.json"):
-            with open(os.path.join(directory, name), "rb") as f:
-                storage.write_bytes(storage.join(target, name), f.read())
-    storage.publish(latest_pointer(root, model), run_id)  # data first, pointer last
-    best_meta = json.loads(storage.read_text(storage.join(target, "config.json")))
-    with result.checkpoint.as_directory() as directory:  # the latest epoch holds the whole history
-        with open(os.path.join(directory, "config.json")) as f:
-            history = json.load(f)["history"]
-    return TrainResult(model, run_id, best_meta["metrics"], history, data.dropped_plays)
+    best, history = publish_best(trainer.fit(), root, model, run_id, SELECTION_METRIC, "max")
+    return TrainResult(model, run_id, best, history, data.dropped_plays)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from ray_jobs.train_generator import GeneratorSettings
+
     parser = argparse.ArgumentParser(prog="musicray train", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, choices=[*RECOMMENDERS, "all"])
+    parser.add_argument("--model", required=True, choices=[*RECOMMENDERS, *GENERATORS, "all"],
+                        help="a model, or all = the four recommenders")
     parser.add_argument("--root", required=True, help="workspace root with extracted features")
-    parser.add_argument("--sessions", required=True, help="listening log (Parquet: user_id, track_id, ts)")
+    parser.add_argument("--sessions", help="listening log (Parquet: user_id, track_id, ts); recommenders only")
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    parser.add_argument("--epochs", type=int, default=TrainSettings.epochs)
-    parser.add_argument("--batch-size", type=int, default=TrainSettings.batch_size)
-    parser.add_argument("--lr", type=float, default=TrainSettings.lr)
+    parser.add_argument("--epochs", type=int, help=f"default {TrainSettings.epochs} ({GeneratorSettings.epochs} "
+                                                   "for the generator)")
+    parser.add_argument("--batch-size", type=int, help=f"default {TrainSettings.batch_size} "
+                                                       f"({GeneratorSettings.batch_size} crops for the generator)")
+    parser.add_argument("--lr", type=float, help=f"default {TrainSettings.lr} ({GeneratorSettings.lr} for the generator)")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-failures", type=int, default=TrainSettings.max_failures)
     parser.add_argument("--full-softmax-max-tracks", type=int, default=TrainSettings.full_softmax_max_tracks)
+    parser.add_argument("--crop-frames", type=int, default=GeneratorSettings.crop_frames,
+                        help="generator: training window in log-mel frames (43 per second)")
     parser.add_argument("--run-name", help="re-use a name to resume that run")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="a model config field, e.g. --set dim=128 (repeatable)")
     args = parser.parse_args(argv)
-    if args.workers < 1 or args.epochs < 1 or args.batch_size < 1:
-        parser.error("--workers, --epochs and --batch-size must be >= 1")
-    args.model_config = {}
-    for item in args.set:
-        field, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set expects FIELD=VALUE, got {item!r}")
-        try:
-            args.model_config[field] = json.loads(value)  # numbers, booleans, lists
-        except json.JSONDecodeError:
-            args.model_config[field] = value  # plain strings such as --set cell=rnn
+    if args.model not in GENERATORS and not args.sessions:
+        parser.error(f"--sessions is required to train {args.model!r}")
+    defaults = GeneratorSettings if args.model in GENERATORS else TrainSettings
+    for name in ("epochs", "batch_size", "lr"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(defaults, name))
+    if min(args.workers, args.epochs, args.batch_size, args.crop_frames) < 1:
+        parser.error("--workers, --epochs, --batch-size and --crop-frames must be >= 1")
+    args.model_config = parse_model_config(parser, args.set)
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.model in GENERATORS:
+        from ray_jobs.train_generator import train_from_args
+
+        return train_from_args(args)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, workers=args.workers,
-                             gpu=args.gpu, max_failures=args.max_failures,
+                             gpu=args.gpu, max_failures=args.max_failures, seed=args.seed,
                              full_softmax_max_tracks=args.full_softmax_max_tracks)
     names = list(RECOMMENDERS) if args.model == "all" else [args.model]
     for name in names:
