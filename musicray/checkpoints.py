@@ -52,6 +52,28 @@ def read_model_files(directory: str, map_location: str = "cpu") -> tuple[nn.Modu
     return model.eval(), vocabulary, meta
 
 
+def write_training_checkpoint(directory: str, name: str, model: nn.Module, vocabulary: list[str],
+                              optimizer: torch.optim.Optimizer, extra: dict,
+                              training_model: nn.Module | None = None) -> None:
+    """A training loop's checkpoint: the model files of ``model`` (what is published), the
+    optimizer state, and the raw ``training_model`` behind it when ``model`` is its average."""
+    write_model_files(directory, name, model, vocabulary, extra)
+    torch.save(optimizer.state_dict(), os.path.join(directory, "optimizer.pt"))
+    if training_model is not None:
+        torch.save(training_model.state_dict(), os.path.join(directory, "training_weights.pt"))
+
+
+def restore_training(checkpoint: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     training_model: nn.Module | None = None) -> tuple[int, list[dict]]:
+    """Load ``write_training_checkpoint``'s files back into a training loop: (next epoch, history)."""
+    restored, _, meta = read_model_files(checkpoint)
+    model.load_state_dict(restored.state_dict())
+    if training_model is not None:
+        training_model.load_state_dict(load_tensors(storage.join(checkpoint, "training_weights.pt")))
+    optimizer.load_state_dict(load_tensors(storage.join(checkpoint, "optimizer.pt")))
+    return meta["epoch"] + 1, meta["history"]
+
+
 def load_tensors(uri: str, map_location: str = "cpu") -> dict:
     """A ``torch.save``d dict of tensors (weights, optimizer state) from a path or URI."""
     return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location=map_location, weights_only=True)

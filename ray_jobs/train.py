@@ -35,7 +35,7 @@ from models import GENERATORS, RECOMMENDERS, build, model_class
 from models.losses import NegativeSampler, NextTrackObjective
 from models.modules import fit_standardizers
 from musicray import storage
-from musicray.checkpoints import MODEL_FILES, load_tensors, newest_checkpoint, read_model_files, write_model_files
+from musicray.checkpoints import MODEL_FILES, newest_checkpoint, restore_training, write_training_checkpoint
 from musicray.content import TrackCatalog
 from musicray.evaluation import evaluate, make_examples
 from musicray.scoring import ModelScorer
@@ -116,11 +116,7 @@ def train_loop(config: dict) -> None:
     start_epoch, history = 0, []
     resume_from = newest_checkpoint(config["run_uri"], CHECKPOINT_FILES)
     if resume_from:  # resuming: same run name, or an automatic retry after a failure
-        restored, _, meta = read_model_files(resume_from)
-        averaged.load_state_dict(restored.state_dict())
-        model.load_state_dict(load_tensors(storage.join(resume_from, "training_weights.pt")))
-        optimizer.load_state_dict(load_tensors(storage.join(resume_from, "optimizer.pt")))
-        start_epoch, history = meta["epoch"] + 1, meta["history"]
+        start_epoch, history = restore_training(resume_from, averaged, optimizer, training_model=model)
 
     objective = ray.train.torch.prepare_model(NextTrackObjective(model))
     content, ids = shared["content"].to(device), shared["ids"].to(device)
@@ -153,11 +149,9 @@ def train_loop(config: dict) -> None:
             metrics.update({f"val_{k}": v for k, v in scores["all"].items()})
             history.append(metrics)
             with tempfile.TemporaryDirectory() as directory:
-                write_model_files(directory, config["model"], averaged, shared["vocabulary"],
-                                  extra={"epoch": epoch, "history": history, "metrics": metrics,
-                                         "sessions": config["sessions"]})
-                torch.save(model.state_dict(), os.path.join(directory, "training_weights.pt"))
-                torch.save(optimizer.state_dict(), os.path.join(directory, "optimizer.pt"))
+                write_training_checkpoint(directory, config["model"], averaged, shared["vocabulary"], optimizer,
+                                          extra={"epoch": epoch, "history": history, "metrics": metrics,
+                                                 "sessions": config["sessions"]}, training_model=model)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
         if config.get("crash_after_epoch") == epoch:
             os._exit(1)  # fault injection for tests: a worker dies without cleaning up

@@ -43,7 +43,8 @@ from ray.train.torch import TorchTrainer
 from models import build
 from models.lstm_generator import PAD, LSTMGenerator, NextTokenObjective, fit_codebook, nearest
 from musicray import storage
-from musicray.checkpoints import MODEL_FILES, load_tensors, newest_checkpoint, read_model_files, write_model_files
+from musicray.checkpoints import (MODEL_FILES, newest_checkpoint, read_model_files, restore_training,
+                                  write_training_checkpoint)
 from musicray.generation import MODEL_NAME, held_out_score, split_tracks, track_labels, track_logmels, workspace_layout
 from musicray.schemas import features_dir, parquet_files, read_features
 from ray_jobs.common import init_ray, publish_best
@@ -193,10 +194,7 @@ def train_loop(config: dict) -> None:
     start_epoch, history = 0, []
     resume_from = newest_checkpoint(config["run_uri"], CHECKPOINT_FILES)
     if resume_from:  # resuming: same run name, or an automatic retry after a failure
-        restored, _, meta = read_model_files(resume_from)
-        model.load_state_dict(restored.state_dict())
-        optimizer.load_state_dict(load_tensors(storage.join(resume_from, "optimizer.pt")))
-        start_epoch, history = meta["epoch"] + 1, meta["history"]
+        start_epoch, history = restore_training(resume_from, model, optimizer)
 
     objective = ray.train.torch.prepare_model(NextTokenObjective(model))
     shard = ray.train.get_dataset_shard("train")
@@ -229,10 +227,9 @@ def train_loop(config: dict) -> None:
             history.append(metrics)
             with tempfile.TemporaryDirectory() as directory:
                 # vocab.json holds the style labels; tensors load on CPU later (map_location).
-                write_model_files(directory, MODEL_NAME, model, model.config.labels,
-                                  extra={"epoch": epoch, "history": history, "metrics": metrics,
-                                         "validation_fraction": settings.validation_fraction})
-                torch.save(optimizer.state_dict(), os.path.join(directory, "optimizer.pt"))
+                write_training_checkpoint(directory, MODEL_NAME, model, model.config.labels, optimizer,
+                                          extra={"epoch": epoch, "history": history, "metrics": metrics,
+                                                 "validation_fraction": settings.validation_fraction})
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
         if config.get("crash_after_epoch") == epoch:
             os._exit(1)  # fault injection for tests: a worker dies without cleaning up
