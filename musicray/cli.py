@@ -11,8 +11,9 @@ COMMANDS = {
     "quickstart": ("ray_jobs.quickstart", "build the demo catalog and run every stage locally"),
     "demo-data": ("musicray.cli", "write the synthetic demo catalog and listening sessions"),
     "extract": ("ray_jobs.extract", "extract audio features from a catalog into the workspace"),
-    "train": ("ray_jobs.train", "train recommenders with Ray Train"),
-    "evaluate": ("ray_jobs.evaluate", "rank the whole catalog on held-out sessions against baselines"),
+    "train": ("ray_jobs.train", "train the recommenders or the music generator with Ray Train"),
+    "evaluate": ("ray_jobs.evaluate", "score the models on held-out sessions and tracks against baselines"),
+    "generate": ("ray_jobs.generate", "continue a seed clip with the trained generator, write audio"),
 }
 
 

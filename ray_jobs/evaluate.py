@@ -1,13 +1,17 @@
 """Evaluate every trained recommender against the baselines by full-catalog ranking.
 
     python -m ray_jobs.evaluate --root ROOT --sessions-test LOG --out DIR [--sessions-train LOG]
+                                [--models M,...] [--generation-tracks N]
 
 At every position of every test session the whole catalog is ranked given the prefix;
 HR/MRR/NDCG@10,20 are reported for each model (its LATEST run) and for the baselines
 popularity, item-kNN, session-kNN, sequential rules and Markov, on all targets and on cold
 targets (tracks never played in training). With a ``label`` column in the catalog, each
 track space is also scored by label precision@10 of its nearest neighbours, against an
-MFCC-statistics space. Writes ``metrics.json``, ``report.md`` and PNG plots to ``--out``.
+MFCC-statistics space. When a music generator was trained, a generation section scores its
+continuations of held-out tracks by Fréchet distance against looping the seed and noise shaped
+to the seed's spectrum (``musicray.generation``), with spectrogram PNGs of seed + continuation.
+Writes ``metrics.json``, ``report.md`` and PNG plots to ``--out``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from musicray.checkpoints import load_trained
 from musicray.content import TrackCatalog
 from musicray.evaluation import (baselines, cold_tracks, evaluate, label_precision_at_k, make_examples,
                                  mfcc_baseline_vectors, paired_difference)
+from musicray.generation import evaluate_workspace, generation_report
 from musicray.schemas import catalog_file, read_features
 from musicray.scoring import ModelScorer
 from musicray.sessions import load_log
@@ -36,7 +41,8 @@ HEADLINE = ("HR@20", "MRR@20")
 
 
 def run_evaluate(root: str, sessions_test: str, out: str, sessions_train: str | None = None,
-                 models: list[str] | None = None) -> dict:
+                 models: list[str] | None = None, generation_tracks: int = 32, seed_seconds: float = 5.0,
+                 continuation_seconds: float = 10.0) -> dict:
     root, out = storage.normalize(root), storage.normalize(out)
     catalog = TrackCatalog.from_workspace(root)
     trained = {}
@@ -75,11 +81,24 @@ def run_evaluate(root: str, sessions_test: str, out: str, sessions_train: str | 
                    for name, t in trained.items()},
     }
     labels = _labels(root, catalog.track_ids)
+    if labels and len(labels) <= 10:
+        print(f"  label precision@10 needs more than 10 tracks; the catalog has {len(labels)}: left out")
+        labels = None
     if labels:
         features = read_features(root, columns=["track_id", "mfcc_mean", "mfcc_std"]).to_pandas()
         features = features.set_index("track_id").loc[catalog.track_ids]  # rows in catalog order, as labels
         spaces = {"mfcc-statistics (baseline)": mfcc_baseline_vectors(features), **_track_spaces(model_scorers)}
         metrics["label_precision@10"] = {name: label_precision_at_k(v, labels, k=10) for name, v in spaces.items()}
+
+    if generation_tracks > 0:
+        try:
+            generation = evaluate_workspace(root, plot_dir=out, max_tracks=generation_tracks, seed_seconds=seed_seconds,
+                                            continuation_seconds=continuation_seconds)
+        except ValueError as error:  # e.g. held-out tracks too short: the ranking still stands
+            generation = {"not_evaluated": str(error)}
+        if generation:  # None: no generator trained yet
+            metrics["generation"] = generation
+            print(f"  generation: {_generation_line(generation)}")
 
     storage.write_text(storage.join(out, "metrics.json"), json.dumps(metrics, indent=2, default=float))
     plots.hit_rates(ranking, set(trained), storage.join(out, "hit_rates.png"))
@@ -90,6 +109,14 @@ def run_evaluate(root: str, sessions_test: str, out: str, sessions_train: str | 
         plots.track_maps(spaces, labels, storage.join(out, "track_map.png"))
     storage.write_text(storage.join(out, "report.md"), report(metrics, set(trained)))
     return metrics
+
+
+def _generation_line(generation: dict) -> str:
+    if "not_evaluated" in generation:
+        return f"not evaluated: {generation['not_evaluated']}"
+    frechet = generation["frechet"]
+    return (f"Fréchet distance {frechet['generator']:.0f}, best baseline {frechet[generation['best_baseline']]:.0f} "
+            f"({generation['best_baseline']}), {generation['tracks']} held-out tracks")
 
 
 def against_baselines(ranking: dict, ranks: dict, models: set[str]) -> list[dict]:
@@ -162,6 +189,12 @@ def report(metrics: dict, models: set[str]) -> str:
         lines += ["", "## Track spaces: label precision@10 of nearest neighbours", "",
                   "| space | precision@10 |", "|---|---|"]
         lines += [f"| {n} | {v:.3f} |" for n, v in metrics["label_precision@10"].items()]
+    generation = metrics.get("generation")
+    if generation and "not_evaluated" in generation:
+        lines += ["", "## Generation", "", f"Not evaluated: {generation['not_evaluated']}"]
+    elif generation:
+        lines += ["", *generation_report(generation), ""]
+        lines += [f"![seed and continuations]({uri.rpartition('/')[2]})" for uri in generation["plots"]]
     lines += ["", "![hit rates](hit_rates.png)", ""]
     if models:
         lines += ["![training curves](training_curves.png)", ""]
@@ -187,14 +220,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sessions-train", help="training log (default: the one the models were trained on)")
     parser.add_argument("--out", required=True, help="folder (or s3:// prefix) for metrics.json, report.md, plots")
     parser.add_argument("--models", help=f"comma-separated subset of {','.join(RECOMMENDERS)} (default: all trained)")
-    return parser.parse_args(argv)
+    parser.add_argument("--generation-tracks", type=int, default=32,
+                        help="held-out tracks the generator continues (0: skip the generation section)")
+    parser.add_argument("--generation-seed-seconds", type=float, default=5.0, help="seed the generator continues")
+    parser.add_argument("--generation-seconds", type=float, default=10.0, help="continuation scored per track")
+    args = parser.parse_args(argv)
+    if args.generation_tracks < 0:
+        parser.error(f"--generation-tracks must be >= 0, got {args.generation_tracks}")
+    if not (args.generation_seed_seconds > 0 and args.generation_seconds > 0):
+        parser.error("--generation-seed-seconds and --generation-seconds must be > 0")
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     models = args.models.split(",") if args.models else None
     try:
-        metrics = run_evaluate(args.root, args.sessions_test, args.out, args.sessions_train, models)
+        metrics = run_evaluate(args.root, args.sessions_test, args.out, args.sessions_train, models,
+                               args.generation_tracks, args.generation_seed_seconds, args.generation_seconds)
     except (ValueError, FileNotFoundError) as error:
         print(f"musicray evaluate: error: {error}", file=sys.stderr)
         return 2
