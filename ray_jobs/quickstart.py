@@ -49,17 +49,41 @@ def stage_train(args) -> str:
     return "; ".join(f"{r.model} val MRR@20 {r.best['val_MRR@20']:.3f}" for r in results)
 
 
+def stage_generate(args) -> str:
+    from musicray.generation import held_out_tracks, plot_continuations, write_audio
+    from musicray.schemas import read_features
+    from ray_jobs.generate import generate_clip
+    from ray_jobs.train_generator import GeneratorSettings, run_train_generator, summary
+
+    result = run_train_generator(args.root, settings=GeneratorSettings(epochs=args.generator_epochs))
+    print(summary(result))
+    # Continue a track the generator never trained on, seed included so the join can be heard.
+    track_ids = read_features(args.root, columns=["track_id"]).column("track_id").to_pylist()
+    seed_track = held_out_tracks(track_ids)[0]
+    waveform, sample_rate, meta = generate_clip(args.root, seconds=10.0, seed_track=seed_track, include_seed=True)
+    clip, picture = (storage.join(_report_dir(args), name) for name in ("generated.wav", "generated.png"))
+    write_audio(clip, waveform, sample_rate)
+    plot_continuations(picture, meta["seed_logmel"], {"generated": meta["logmel"]}, meta["feature_config"],
+                       title=f"{meta['seed_source']}: 5 s seed, 10 s generated")
+    return f"{meta['seconds']:.0f} s clip (5 s seed of {seed_track} + 10 s generated) in {clip}, spectrogram {picture}"
+
+
 def stage_evaluate(args) -> str:
     import pandas as pd
 
     from ray_jobs.evaluate import HEADLINE, run_evaluate
 
-    out = storage.join(args.root, "reports", "quickstart")
-    metrics = run_evaluate(args.root, _demo_file(args, "sessions_test.parquet"), out)
+    out = _report_dir(args)
+    metrics = run_evaluate(args.root, _demo_file(args, "sessions_test.parquet"), out,
+                           generation_tracks=args.generation_tracks)
     table = pd.DataFrame({name: {**{m: r["all"][m] for m in HEADLINE}, "cold HR@20": r["cold"].get("HR@20", 0.0)}
                           for name, r in metrics["ranking"].items()}).T
     print(table.sort_values("MRR@20", ascending=False).round(4).to_string())
     return f"report in {storage.join(out, 'report.md')}"
+
+
+def _report_dir(args) -> str:
+    return storage.join(args.root, "reports", "quickstart")
 
 
 def _demo_file(args, name: str) -> str:
@@ -70,6 +94,7 @@ STAGES = [
     ("demo-data", stage_demo_data),
     ("extract", stage_extract),
     ("train", stage_train),
+    ("generate", stage_generate),
     ("evaluate", stage_evaluate),
 ]
 
@@ -81,7 +106,11 @@ def main(argv=None) -> int:
     parser.add_argument("--tracks", type=int, default=300)
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=12, help="training epochs per model (default 12)")
+    parser.add_argument("--epochs", type=int, default=12, help="training epochs per recommender (default 12)")
+    parser.add_argument("--generator-epochs", type=int, default=3,
+                        help="training epochs of the music generator (default 3: a brief run)")
+    parser.add_argument("--generation-tracks", type=int, default=16,
+                        help="held-out tracks the evaluation continues with the generator (default 16)")
     args = parser.parse_args(argv)
     args.root = storage.normalize(args.root)
 
