@@ -1,7 +1,8 @@
-"""Evaluate every trained recommender against the baselines by full-catalog ranking.
+"""Evaluate every trained model against its baselines: full-catalog ranking, then generation.
 
     python -m ray_jobs.evaluate --root ROOT --sessions-test LOG --out DIR [--sessions-train LOG]
-                                [--models M,...] [--generation-tracks N]
+                                [--models M,...] [--generation-tracks N] [--generation-seed-seconds S]
+                                [--generation-seconds S]
 
 At every position of every test session the whole catalog is ranked given the prefix;
 HR/MRR/NDCG@10,20 are reported for each model (its LATEST run) and for the baselines
