@@ -13,6 +13,7 @@ COMMANDS = {
     "extract": ("ray_jobs.extract", "extract audio features from a catalog into the workspace"),
     "train": ("ray_jobs.train", "train recommenders with Ray Train"),
     "evaluate": ("ray_jobs.evaluate", "rank the whole catalog on held-out sessions against baselines"),
+    "refresh": ("ray_jobs.refresh", "extract, embed the catalog with every model, index it, publish a snapshot"),
 }
 
 

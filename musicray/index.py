@@ -200,6 +200,8 @@ def _matrix(vectors, name: str) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.number):
         raise IndexInputError(f"{name} must be numeric; got dtype {array.dtype}")
     array = np.ascontiguousarray(array, dtype=np.float32)
+    if not array.flags.writeable:  # voyager refuses read-only buffers (e.g. zero-copy from Arrow)
+        array = array.copy()
     if not np.isfinite(array).all():
         raise IndexInputError(f"{name} contain NaN or infinite values (rows {np.where(~np.isfinite(array).all(1))[0][:5].tolist()})")
     return array
