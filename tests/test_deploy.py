@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from ray_jobs import refresh
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -37,6 +39,7 @@ def test_refresh_is_scheduled_on_kuberay():
     assert len(cron["spec"]["schedule"].split()) == 5
     job = cron["spec"]["jobTemplate"]
     assert job["entrypoint"].split()[:3] == ["python", "-m", "ray_jobs.refresh"]
+    refresh.parse_args(job["entrypoint"].split()[3:])  # the arguments are the job's own
     assert job["shutdownAfterJobFinishes"] is True
     cluster = job["rayClusterSpec"]
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
@@ -68,4 +71,6 @@ def test_crontab_submits_the_refresh_job():
     fields = jobs[0].split(None, 5)
     assert len(fields) == 6 and all(f.replace("*", "0").replace("/", "").isdigit() for f in fields[:5])
     command = shlex.split(fields[5])
-    assert "submit" in command and command[command.index("--") + 1:][:3] == ["python", "-m", "ray_jobs.refresh"]
+    job = command[command.index("--") + 1: command.index(">>")]
+    assert "submit" in command and job[:3] == ["python", "-m", "ray_jobs.refresh"]
+    refresh.parse_args([a.replace("$CATALOG", "s3://b/a/").replace("$ROOT", "s3://b/w") for a in job[3:]])
