@@ -43,6 +43,18 @@ def parse_model_config(parser: argparse.ArgumentParser, items: list[str]) -> dic
     return config
 
 
+def run_config(root: str, model: str, run_id: str, max_failures: int, metric: str, mode: str) -> ray.train.RunConfig:
+    """Where a training run keeps its checkpoints (``<root>/models/<model>/<run_id>/``, the two best
+    by ``metric`` kept), and how often a failed worker is retried."""
+    fs, path = storage.resolve(storage.join(root, "models", model))
+    return ray.train.RunConfig(
+        name=run_id, storage_path=path, storage_filesystem=fs,
+        failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
+                                                     checkpoint_score_order=mode),
+    )
+
+
 def publish_best(result: ray.train.Result, root: str, model: str, run_id: str, metric: str,
                  mode: str) -> tuple[dict, list[dict]]:
     """Copy a finished run's best checkpoint to ``<run>/model/``, then point LATEST at the run.

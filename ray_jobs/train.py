@@ -28,7 +28,7 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from models import GENERATORS, RECOMMENDERS, build, model_class
@@ -40,7 +40,7 @@ from musicray.content import TrackCatalog
 from musicray.evaluation import evaluate, make_examples
 from musicray.scoring import ModelScorer
 from musicray.sessions import load_log, session_arrays, split_by_time
-from ray_jobs.common import init_ray, parse_model_config, publish_best
+from ray_jobs.common import init_ray, parse_model_config, publish_best, run_config
 
 SELECTION_METRIC = "val_MRR@20"
 
@@ -187,19 +187,13 @@ def run_train(model: str, root: str, sessions: str, *, settings: TrainSettings =
     shared = ray.put({"content": catalog.content, "ids": catalog.vocabulary_ids(vocabulary),
                       "play_counts": torch.from_numpy(data.play_counts), "track_ids": catalog.track_ids,
                       "vocabulary": vocabulary, "validation": data.validation})
-    fs, path = storage.resolve(storage.join(root, "models", model))
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"model": model, "model_config": config, "settings": settings, "shared": shared,
                            "sessions": sessions, "run_uri": storage.join(root, "models", model, run_id),
                            "crash_after_epoch": crash_after_epoch},
         scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpu),
-        run_config=RunConfig(
-            name=run_id, storage_path=path, storage_filesystem=fs,
-            failure_config=FailureConfig(max_failures=settings.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=SELECTION_METRIC,
-                                               checkpoint_score_order="max"),
-        ),
+        run_config=run_config(root, model, run_id, settings.max_failures, SELECTION_METRIC, "max"),
         datasets={"train": ray.data.from_pandas(pd.DataFrame({k: list(v) for k, v in data.arrays.items()}))},
     )
     best, history = publish_best(trainer.fit(), root, model, run_id, SELECTION_METRIC, "max")

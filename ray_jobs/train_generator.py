@@ -37,7 +37,7 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from models import build
@@ -47,7 +47,7 @@ from musicray.checkpoints import (MODEL_FILES, newest_checkpoint, read_model_fil
                                   write_training_checkpoint)
 from musicray.generation import MODEL_NAME, held_out_score, split_tracks, track_labels, track_logmels, workspace_layout
 from musicray.schemas import features_dir, parquet_files, read_features
-from ray_jobs.common import init_ray, publish_best
+from ray_jobs.common import init_ray, publish_best, run_config
 
 SELECTION_METRIC = "val_loss"
 CHECKPOINT_FILES = {*MODEL_FILES, "optimizer.pt"}
@@ -308,19 +308,13 @@ def run_train_generator(root: str, *, settings: GeneratorSettings = GeneratorSet
     validation = validation_rows(root, model, held_out, label_rows, settings.validation_tracks)
 
     init_ray()
-    fs, path = storage.resolve(storage.join(root, "models", MODEL_NAME))
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"model_config": asdict(model.config), "initial_state": ray.put(model.state_dict()),
                            "validation": ray.put(validation), "settings": settings, "run_uri": run_uri,
                            "crash_after_epoch": crash_after_epoch},
         scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpu),
-        run_config=RunConfig(
-            name=run_id, storage_path=path, storage_filesystem=fs,
-            failure_config=FailureConfig(max_failures=settings.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=SELECTION_METRIC,
-                                               checkpoint_score_order="min"),
-        ),
+        run_config=run_config(root, MODEL_NAME, run_id, settings.max_failures, SELECTION_METRIC, "min"),
         datasets={"train": training_dataset(root, model, tracks, settings.crops_per_track)},
     )
     best, history = publish_best(trainer.fit(), root, MODEL_NAME, run_id, SELECTION_METRIC, "min")
