@@ -14,6 +14,7 @@ COMMANDS = {
     "train": ("ray_jobs.train", "train the recommenders or the music generator with Ray Train"),
     "evaluate": ("ray_jobs.evaluate", "score the models on held-out sessions and tracks against baselines"),
     "generate": ("ray_jobs.generate", "continue a seed clip with the trained generator, write audio"),
+    "refresh": ("ray_jobs.refresh", "extract, embed the catalog with every model, index it, publish a snapshot"),
 }
 
 

@@ -45,6 +45,14 @@ class TrackCatalog:
         return cls(table.column("track_id").to_pylist(), torch.from_numpy(content_matrix(table)))
 
     def vocabulary_ids(self, vocabulary: list[str]) -> torch.Tensor:
-        """Each catalog track's id in a model's training vocabulary (1-based), 0 if absent."""
-        position = {track_id: i + 1 for i, track_id in enumerate(vocabulary)}
-        return torch.tensor([position.get(t, 0) for t in self.track_ids], dtype=torch.long)
+        return vocabulary_ids(self.track_ids, vocabulary_positions(vocabulary))
+
+
+def vocabulary_positions(vocabulary: list[str]) -> dict[str, int]:
+    """A model's training vocabulary as track id -> id-embedding row (1-based; row 0 = unplayed)."""
+    return {track_id: i + 1 for i, track_id in enumerate(vocabulary)}
+
+
+def vocabulary_ids(track_ids: list[str], positions: dict[str, int]) -> torch.Tensor:
+    """Each track's id-embedding row, 0 for a track the model never saw played (audio only)."""
+    return torch.tensor([positions.get(t, 0) for t in track_ids], dtype=torch.long)

@@ -158,6 +158,15 @@ def list_files(prefix: str, suffixes: tuple[str, ...] | None = None) -> list[Lis
     return sorted(files, key=lambda f: f.uri)
 
 
+def list_dirs(prefix: str) -> list[str]:
+    """The names of the folders directly under a prefix, sorted; none if it does not exist."""
+    fs, path = resolve(prefix)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+    return sorted(posixpath.basename(i.path.rstrip("/")) for i in infos if i.type == pafs.FileType.Directory)
+
+
 def s3_client():
     return _s3_client(s3_endpoint(), s3_region())
 

@@ -2,6 +2,7 @@
 
     python -m ray_jobs.quickstart [--demo ./demo] [--root ./workspace] [--tracks 300 --users 500 --seed 0]
 
+The last stage publishes the first embedding snapshot (vectors + indexes) of the demo catalog.
 Each stage prints one line when it starts and its duration when it ends; a summary closes
 the run. Re-running reuses the demo catalog (same arguments) and the extracted features.
 """
@@ -82,6 +83,16 @@ def stage_evaluate(args) -> str:
     return f"report in {storage.join(out, 'report.md')}"
 
 
+def stage_refresh(args) -> str:
+    from ray_jobs.refresh import run_refresh
+
+    report = run_refresh(_demo_file(args, "catalog.parquet"), args.root)
+    for name, index in report.models.items():
+        print(f"  index {name:<12} {index['tracks']} tracks x {index['dim']} dims, {index['metric']}, "
+              f"M={index['M']} ef={index['ef']}, recall@10 {index['recall_at_10']:.3f}, built in {index['build_seconds']:.2f} s")
+    return f"snapshot {report.snapshot_id} ({'published' if report.published else 'not published'}): {report.summary()}"
+
+
 def _report_dir(args) -> str:
     return storage.join(args.root, "reports", "quickstart")
 
@@ -96,6 +107,7 @@ STAGES = [
     ("train", stage_train),
     ("generate", stage_generate),
     ("evaluate", stage_evaluate),
+    ("refresh", stage_refresh),
 ]
 
 

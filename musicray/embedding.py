@@ -1,0 +1,78 @@
+"""Every catalog track's vector under each trained model, a batch of feature rows at a time.
+
+A track's vector is ``model.track_vectors(content, id)``: its audio-content projection plus the
+ID embedding learned from plays, or the audio part alone for a track nobody has played yet
+(cold start). The refresh job runs ``TrackEmbedder`` on an actor pool, so each actor loads the
+models once and then streams batches through them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from models import RECOMMENDERS
+from musicray import checkpoints, storage
+from musicray.content import CONTENT_COLUMNS, content_matrix, vocabulary_ids, vocabulary_positions
+
+# The recommenders score ``query @ track_vectors.T``: inner product. The autoencoder's vectors are
+# unit length and it recommends by latent similarity: cosine.
+METRICS = {"autoencoder": "cosine"}
+INPUT_COLUMNS = ["track_id", *CONTENT_COLUMNS]
+
+
+def index_metric(model: str) -> str:
+    return METRICS.get(model, "ip")
+
+
+def latest_runs(root: str) -> dict[str, str]:
+    """model name -> the run its LATEST names, for every model trained in the workspace."""
+    runs = {name: storage.read_pointer(checkpoints.latest_pointer(root, name)) for name in RECOMMENDERS}
+    runs = {name: run for name, run in runs.items() if run}
+    if not runs:
+        raise FileNotFoundError(f"no trained model in {root}: run `musicray train --model all` first")
+    return runs
+
+
+def vector_schema(dims: dict[str, int]) -> pa.Schema:
+    fields = [pa.field("track_id", pa.string(), nullable=False)]
+    for name, dim in dims.items():
+        fields += [pa.field(name, pa.list_(pa.float32(), dim), nullable=False),
+                   pa.field(f"{name}_run", pa.dictionary(pa.int32(), pa.string()), nullable=False)]
+    return pa.schema(fields)
+
+
+class TrackEmbedder:
+    """Feature rows (Arrow: track_id + content columns) -> track_id, one vector per model, run ids."""
+
+    def __init__(self, root: str, runs: dict[str, str], device: str = "cpu"):
+        if device == "cpu":
+            torch.set_num_threads(1)  # one actor per core
+        self.device = torch.device(device)
+        self.models = {name: checkpoints.load_trained(root, name, run, map_location=device)
+                       for name, run in runs.items()}
+        self.positions = {name: vocabulary_positions(m.vocabulary) for name, m in self.models.items()}
+        self.schema = vector_schema({name: self.dim(name) for name in self.models})
+
+    def dim(self, name: str) -> int:
+        with torch.no_grad():  # the vector size is the model's, with or without a bias slot
+            model = self.models[name].model
+            return int(model.track_vectors(torch.zeros(1, model.config.content_dim, device=self.device),
+                                           torch.zeros(1, dtype=torch.long, device=self.device)).shape[1])
+
+    @torch.no_grad()
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        track_ids = batch.column("track_id").to_pylist()
+        content = torch.from_numpy(content_matrix(batch)).to(self.device)
+        arrays = [pa.array(track_ids, pa.string())]
+        for name, trained in self.models.items():
+            ids = vocabulary_ids(track_ids, self.positions[name]).to(self.device)
+            vectors = trained.model.track_vectors(content, ids).float().cpu().numpy()
+            if not np.isfinite(vectors).all():
+                raise ValueError(f"model {name} run {trained.run_id} gave non-finite vectors")
+            flat = pa.array(vectors.reshape(-1), pa.float32())
+            arrays.append(pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]))
+            arrays.append(pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(track_ids), np.int32)),
+                                                         pa.array([trained.run_id])))
+        return pa.Table.from_arrays(arrays, schema=self.schema)

@@ -1,0 +1,209 @@
+"""Nightly catalog-wide refresh: new snapshot of every track's vectors and indexes, published atomically.
+
+    python -m ray_jobs.refresh --catalog CATALOG --root ROOT [--gpu] [--keep 3]
+
+Stages (each prints its duration):
+
+    extract   incremental feature extraction (only new or changed tracks are decoded)
+    embed     features -> each model's track vectors, Ray Data on an actor pool -> vectors/*.parquet
+    index     one nearest-neighbour index per model, built in parallel Ray tasks
+    verify    manifest.json written, then the snapshot is loaded back and every count checked
+    publish   <root>/embeddings/LATEST names the new snapshot (written last)
+    prune     snapshots older than the newest --keep are removed
+
+The models are the runs each ``<root>/models/<model>/LATEST`` names when the job starts. A
+failure at any stage leaves LATEST on the previous snapshot; re-running starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import ray
+from ray.data import ActorPoolStrategy
+
+from musicray import snapshots, storage
+from musicray.catalog import CatalogError
+from musicray.embedding import INPUT_COLUMNS, TrackEmbedder, index_metric, latest_runs
+from musicray.schemas import features_dir, parquet_files
+from ray_jobs.common import cluster_resources, init_ray
+from ray_jobs.extract import ExtractReport, run_extract
+
+BATCH_SIZE = 1024  # tracks per inference batch: content vectors are ~1.3 KB a track
+
+
+@dataclass
+class RefreshReport:
+    snapshot_id: str
+    extract: ExtractReport | None = None
+    tracks: int = 0
+    models: dict = field(default_factory=dict)
+    published: bool = False
+    pruned: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        e = self.extract
+        return (f"{e.total} in = {self.tracks} embedded + {e.failed} failed extraction "
+                f"({e.done} extracted, {e.skipped} unchanged); {len(self.models)} models")
+
+
+def run_refresh(catalog: str, root: str, *, gpu: bool = False, keep: int = 3, batch_size: int = BATCH_SIZE,
+                on_stage: Callable[[str, float], None] | None = None) -> RefreshReport:
+    """Refresh the workspace ``root`` from ``catalog``; ``on_stage(name, seconds)`` follows progress."""
+    if keep < 1:
+        raise ValueError(f"--keep must be >= 1, got {keep}")
+    root = storage.normalize(root)
+    runs = latest_runs(root)  # before any work: no trained model is a clear error, not a late one
+    report = RefreshReport(snapshot_id=snapshots.new_snapshot_id())
+    sid = report.snapshot_id
+
+    def stage(name: str, began: float) -> float:
+        report.timings[name] = time.perf_counter() - began
+        if on_stage:
+            on_stage(name, report.timings[name])
+        return time.perf_counter()
+
+    began = time.perf_counter()
+    init_ray()
+    report.extract = run_extract(catalog, root, gpu=gpu)
+    began = stage("extract", began)
+
+    rows, superseded = _current_features(root)
+    report.tracks = rows.num_rows
+    if report.extract.total != report.tracks + report.extract.failed:
+        raise RuntimeError(f"refresh would lose tracks: {report.summary()}; was {root} extracted from another "
+                           f"catalog at the same time?")
+    _embed(root, sid, runs, rows, superseded, gpu, batch_size)
+    began = stage("embed", began)
+
+    files = sorted(f.uri[len(snapshots.snapshot_dir(root, sid)) + 1:].replace("\\", "/")
+                   for f in storage.list_files(snapshots.vectors_dir(root, sid), suffixes=(".parquet",)))
+    threads = max(1, min(8, cluster_resources()[0] // max(1, len(runs))))
+    build = ray.remote(num_cpus=threads)(snapshots.write_index)
+    report.models = dict(zip(runs, ray.get([
+        build.remote(root, sid, name, files, index_metric(name), threads) for name in runs])))
+    for name, run in runs.items():
+        report.models[name]["run"] = run
+    began = stage("index", began)
+
+    snapshots.write_manifest(root, sid, {
+        "snapshot": sid, "created_at": datetime.now(timezone.utc).isoformat(), "tracks": report.tracks,
+        "files": files, "models": report.models,
+        "catalog": {"source": str(catalog), "tracks": report.extract.total, "failed": report.extract.failed,
+                    "fingerprint": _fingerprint(rows)},
+        "extract": {"run_id": report.extract.run_id, "done": report.extract.done,
+                    "skipped": report.extract.skipped, "failed": report.extract.failed},
+    })
+    snapshots.verify(root, sid, report.tracks)
+    began = stage("verify", began)
+    report.published = snapshots.publish(root, sid)
+    began = stage("publish", began)
+    report.pruned = snapshots.prune(root, keep)
+    stage("prune", began)
+    return report
+
+
+def _current_features(root: str) -> tuple[pa.Table, pa.Table]:
+    """(current, superseded) feature rows: track_id, content_hash, extracted_at and file of each.
+
+    Two extractions at once can leave a track twice; the newest row is the current one (as in
+    ``read_features``), and superseded rows (usually none) are left out of the embedding.
+    """
+    files = parquet_files(features_dir(root))
+    if not files:
+        raise FileNotFoundError(f"the workspace {root} has no features: every track failed extraction")
+    fs, _ = storage.resolve(files[0])
+    parts = []
+    for fragment in pads.dataset([storage.resolve(f)[1] for f in files], filesystem=fs, format="parquet").get_fragments():
+        part = fragment.to_table(columns=["track_id", "content_hash", "extracted_at"])
+        parts.append(part.append_column("file", pa.array([fragment.path] * part.num_rows, pa.string())))
+    table = pa.concat_tables(parts)
+    table = table.sort_by([("track_id", "ascending"), ("extracted_at", "descending")])
+    ids = table.column("track_id")
+    first = pa.array([True] * len(ids), pa.bool_())
+    if len(ids) > 1:
+        first = pa.concat_arrays([pa.array([True]), pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).combine_chunks()])
+    return table.filter(first), table.filter(pc.invert(first))
+
+
+def _embed(root: str, sid: str, runs: dict[str, str], rows: pa.Table, superseded: pa.Table, gpu: bool,
+           batch_size: int) -> None:
+    cpus, gpus = cluster_resources()
+    if gpu and gpus == 0:
+        raise RuntimeError("--gpu was given but the Ray cluster has no GPU")
+    files = sorted(set(rows.column("file").to_pylist()))
+    fs, out = storage.resolve(snapshots.vectors_dir(root, sid))
+    # select_columns is pushed down into the read: the log-mel crops are never loaded.
+    dataset = ray.data.read_parquet(files, filesystem=fs, include_paths=True).select_columns([*INPUT_COLUMNS, "path"])
+    if superseded.num_rows:
+        dataset = dataset.map_batches(_drop_superseded, fn_kwargs={"superseded": superseded.select(
+            ["track_id", "file"]).rename_columns(["track_id", "path"])}, batch_format="pyarrow")
+    resources = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": 1}
+    dataset = dataset.map_batches(
+        TrackEmbedder, fn_constructor_kwargs={"root": root, "runs": runs, "device": "cuda" if gpu else "cpu"},
+        batch_size=batch_size, batch_format="pyarrow",
+        compute=ActorPoolStrategy(min_size=1, max_size=max(1, gpus if gpu else cpus)), **resources)
+    dataset.write_parquet(out, filesystem=fs)
+
+
+def _drop_superseded(batch: pa.Table, superseded: pa.Table) -> pa.Table:
+    # Keyed by file, not time: two extractions can leave the same row, same time, in two files.
+    return batch.join(superseded, keys=["track_id", "path"], join_type="left anti")
+
+
+def _fingerprint(rows: pa.Table) -> str:
+    """Which audio the snapshot was made from: sha256 over sorted (track_id, content_hash)."""
+    digest = hashlib.sha256()
+    for track_id, content_hash in zip(rows.column("track_id").to_pylist(), rows.column("content_hash").to_pylist()):
+        digest.update(f"{track_id}\t{content_hash}\n".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="musicray refresh", description=__doc__.split("\n")[0])
+    parser.add_argument("--catalog", required=True, help="manifest (.parquet/.csv) or a folder / s3:// prefix")
+    parser.add_argument("--root", required=True, help="workspace root: a local folder or s3://bucket/prefix")
+    parser.add_argument("--gpu", action="store_true", help="extract and embed on GPU actors")
+    parser.add_argument("--keep", type=int, default=3, help="complete snapshots to keep (default 3)")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                        help=f"tracks per inference batch (default {BATCH_SIZE})")
+    args = parser.parse_args(argv)
+    if args.keep < 1 or args.batch_size < 1:
+        parser.error(f"--keep and --batch-size must be >= 1, got {args.keep} and {args.batch_size}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        report = run_refresh(args.catalog, args.root, gpu=args.gpu, keep=args.keep, batch_size=args.batch_size,
+                             on_stage=lambda name, s: print(f"  {name:<8} {s:7.1f} s", flush=True))
+    except (CatalogError, FileNotFoundError) as error:
+        print(f"musicray refresh: error: {error}", file=sys.stderr)
+        return 2
+    print(f"refresh {report.snapshot_id}: {report.summary()}")
+    for name, info in report.models.items():
+        print(f"  {name:<12} run {info['run']}  dim {info['dim']}  {info['metric']}  "
+              f"index recall@10 {info['recall_at_10']:.3f}  built in {info['build_seconds']:.1f} s")
+    root = storage.normalize(args.root)
+    if report.published:
+        print(f"  published: {snapshots.latest_pointer(root)} -> {report.snapshot_id}")
+    else:
+        print(f"  not published: a newer snapshot was published meanwhile ({snapshots.latest_pointer(root)})")
+    if report.pruned:
+        print(f"  pruned {len(report.pruned)} old snapshot(s): {', '.join(report.pruned)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""The nightly refresh: snapshots on a real local Ray, real Parquet and indexes, atomic publishing."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models import build
+from models.modules import fit_standardizers
+from musicray import checkpoints, snapshots, storage
+from musicray.content import TrackCatalog
+from ray_jobs import refresh
+from ray_jobs.extract import run_extract
+from tests.conftest import audio_bytes
+
+MODELS = ("lstm", "autoencoder")
+
+
+class Injected(RuntimeError):
+    pass
+
+
+def publish_models(root: str, vocabulary: list[str]) -> dict[str, str]:
+    """Checkpoints in the format training writes (untrained weights: refresh only embeds)."""
+    content = TrackCatalog.from_workspace(root).content
+    runs = {}
+    for name in MODELS:
+        model = build(name, content_dim=content.shape[1], n_ids=len(vocabulary), dim=16)
+        fit_standardizers(model, content)
+        run = f"{name}-r1"
+        with tempfile.TemporaryDirectory() as local:  # written locally, then copied as training uploads
+            checkpoints.write_model_files(local, name, model.eval(), vocabulary)
+            for path in Path(local).iterdir():
+                storage.write_bytes(storage.join(checkpoints.model_dir(root, name, run), path.name), path.read_bytes())
+        storage.publish(checkpoints.latest_pointer(root, name), run)
+        runs[name] = run
+    return runs
+
+
+@pytest.fixture(scope="module")
+def demo(ray_cluster, tmp_path_factory):
+    from musicray.demo import generate
+
+    folder = tmp_path_factory.mktemp("refresh")
+    return generate(folder / "demo", tracks=24, users=30, seed=2, seconds=3.0)
+
+
+@pytest.fixture
+def workspace(demo, tmp_path):
+    """A workspace with features and two trained models that saw only 16 of the 24 tracks played."""
+    root = str(tmp_path / "ws")
+    run_extract(str(demo.manifest), root)
+    catalog = pd.read_parquet(demo.manifest)
+    runs = publish_models(root, sorted(catalog["track_id"])[:16])
+    return root, catalog, runs
+
+
+def load_latest(root: str) -> snapshots.Snapshot:
+    snapshot = snapshots.latest_snapshot(root)
+    assert snapshot is not None
+    table = snapshot.vectors()
+    assert table.num_rows == snapshot.manifest["tracks"]
+    for model in snapshot.models:
+        assert len(snapshot.index(model)) == table.num_rows
+    return snapshot
+
+
+def test_refresh_publishes_a_snapshot_and_follows_catalog_changes(demo, workspace, tmp_path):
+    root, catalog, runs = workspace
+    first = refresh.run_refresh(str(demo.manifest), root, keep=2)
+    assert first.published and first.extract.skipped == 24 and first.tracks == 24
+    snapshot = load_latest(root)
+    assert snapshot.id == first.snapshot_id
+    manifest = snapshot.manifest
+    assert manifest["catalog"]["tracks"] == 24 and manifest["catalog"]["fingerprint"].startswith("sha256:")
+    assert {m: manifest["models"][m]["run"] for m in MODELS} == runs
+    assert manifest["models"]["lstm"]["metric"] == "ip" and manifest["models"]["autoencoder"]["metric"] == "cosine"
+    assert all(manifest["models"][m]["recall_at_10"] >= 0.9 for m in MODELS)
+    table = snapshot.vectors()
+    assert table.column("track_id").to_pylist() == sorted(catalog["track_id"])
+    assert set(table.column("lstm_run").to_pylist()) == {"lstm-r1"}
+    assert np.isfinite(np.stack(table.column("autoencoder").to_numpy(zero_copy_only=False))).all()
+
+    # The catalog changes: two tracks leave, a brand-new track nobody has played arrives.
+    removed = sorted(catalog["track_id"])[-2:]
+    folder = tmp_path / "next"
+    shutil.copytree(demo.root, folder)
+    (folder / "new.wav").write_bytes(audio_bytes(3.0, freq=660.0, seed=9))
+    changed = catalog[~catalog["track_id"].isin(removed)].copy()
+    changed = pd.concat([changed, pd.DataFrame({"track_id": ["brand-new"], "uri": ["new.wav"]})], ignore_index=True)
+    changed.to_parquet(folder / "catalog.parquet", index=False)
+
+    second = refresh.run_refresh(str(folder / "catalog.parquet"), root, keep=2)
+    assert second.published and second.extract.done == 1 and second.tracks == 23
+    snapshot = load_latest(root)
+    ids = snapshot.vectors(["track_id"]).column("track_id").to_pylist()
+    assert "brand-new" in ids and not set(removed) & set(ids)
+    assert snapshot.manifest["catalog"]["fingerprint"] != manifest["catalog"]["fingerprint"]
+    # Cold start: the new track has an audio-only vector, and its neighbours can be asked for.
+    index = snapshot.index("autoencoder")
+    top, _ = index.query(index.vector("brand-new"), k=1)
+    assert top == ["brand-new"] and len(index.neighbours("brand-new", k=5)[0]) == 5
+
+    third = refresh.run_refresh(str(folder / "catalog.parquet"), root, keep=1)
+    assert set(third.pruned) == {first.snapshot_id, second.snapshot_id}
+    assert snapshots.complete_snapshots(root) == [third.snapshot_id]
+
+
+def test_a_failure_half_way_leaves_the_previous_snapshot_published(demo, workspace):
+    root, _, _ = workspace
+    good = refresh.run_refresh(str(demo.manifest), root)
+    for failing_stage in ("embed", "index"):
+        def fail(name, seconds, stage=failing_stage):
+            if name == stage:
+                raise Injected(f"stopped after {name}")
+
+        with pytest.raises(Injected):
+            refresh.run_refresh(str(demo.manifest), root, on_stage=fail)
+        assert storage.read_pointer(snapshots.latest_pointer(root)) == good.snapshot_id
+        assert load_latest(root).id == good.snapshot_id
+    # The two partial folders hold vectors (and indexes) but no manifest: never complete.
+    partial = [s for s in storage.list_dirs(snapshots.embeddings_dir(root)) if s != good.snapshot_id]
+    assert len(partial) == 2 and snapshots.complete_snapshots(root) == [good.snapshot_id]
+
+    again = refresh.run_refresh(str(demo.manifest), root, keep=1)
+    assert again.published and load_latest(root).id == again.snapshot_id
+    assert snapshots.complete_snapshots(root) == [again.snapshot_id]
+    assert set(storage.list_dirs(snapshots.embeddings_dir(root))) == {again.snapshot_id, *partial}  # young: kept
+
+
+def test_a_corrupt_model_fails_the_refresh_before_publishing(demo, workspace):
+    root, _, runs = workspace
+    good = refresh.run_refresh(str(demo.manifest), root)
+    state = checkpoints.model_dir(root, "lstm", runs["lstm"]) + "/state_dict.pt"
+    storage.write_bytes(state, b"not a checkpoint")
+    with pytest.raises(Exception, match="(?i)state_dict|pickle|zip|load"):
+        refresh.run_refresh(str(demo.manifest), root)
+    assert load_latest(root).id == good.snapshot_id
+
+
+def test_concurrent_refreshes_never_publish_a_partial_snapshot(demo, workspace):
+    root, _, _ = workspace
+    refresh.run_refresh(str(demo.manifest), root)
+    seen, errors, done = set(), [], threading.Event()
+
+    def reader():  # what a serving replica does: follow LATEST and load what it names
+        while not done.is_set():
+            try:
+                seen.add(load_latest(root).id)
+            except Exception as error:
+                errors.append(f"reader: {error!r}")
+            time.sleep(0.05)
+
+    def writer():
+        try:
+            refresh.run_refresh(str(demo.manifest), root, keep=1)
+        except Exception as error:
+            errors.append(f"writer: {error!r}")
+
+    threads = [threading.Thread(target=reader)] + [threading.Thread(target=writer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads[1:]:
+        t.join(timeout=600)
+    done.set()
+    threads[0].join()
+    assert errors == []
+    final = load_latest(root)
+    snapshots.verify(root, final.id, final.manifest["tracks"])
+    assert final.id == snapshots.complete_snapshots(root)[-1] and len(seen) >= 2
+
+
+def test_refresh_on_s3(demo, bucket, tmp_path):
+    root = f"s3://{bucket}/ws"
+    run_extract(str(demo.manifest), root)
+    publish_models(root, sorted(pd.read_parquet(demo.manifest)["track_id"])[:10])
+    assert refresh.main(["--catalog", str(demo.manifest), "--root", root, "--keep", "1"]) == 0
+    snapshot = load_latest(root)
+    assert snapshot.manifest["tracks"] == 24 and snapshot.uri.startswith("s3://")
+
+
+def test_bad_inputs_are_named(demo, tmp_path, capsys):
+    empty = str(tmp_path / "empty")
+    assert refresh.main(["--catalog", str(demo.manifest), "--root", empty]) == 2
+    assert "no trained model in" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        refresh.parse_args(["--catalog", "x.parquet", "--root", empty, "--keep", "0"])
+    assert "--keep" in capsys.readouterr().err
