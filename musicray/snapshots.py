@@ -13,7 +13,8 @@ Concurrent writers: snapshot ids sort by their start time; a writer does not mov
 back past a newer complete snapshot, and pruning never touches a snapshot newer than the one
 ``LATEST`` names (it may still be being written), nor an incomplete one younger than a day.
 After publishing, a writer re-reads ``LATEST`` and, should it name a snapshot that a concurrent
-pruner removed, points it at the newest complete one again.
+pruner removed, points it at the newest complete one again. Readers load through
+``load_latest``, which follows ``LATEST`` again if a prune removes what they were reading.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Callable, TypeVar
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -32,6 +34,7 @@ from musicray.index import TrackIndex
 
 MANIFEST = "manifest.json"
 ID_TIME_FORMAT = "%Y%m%dT%H%M%S%f"
+T = TypeVar("T")
 STALE_AFTER = timedelta(days=1)  # an incomplete snapshot this old belongs to a run that died
 
 
@@ -115,6 +118,24 @@ def latest_snapshot(root: str) -> Snapshot | None:
     """The snapshot ``LATEST`` names, or None before the first refresh."""
     snapshot_id = storage.read_pointer(latest_pointer(root))
     return None if snapshot_id is None else open_snapshot(root, snapshot_id)
+
+
+def load_latest(root: str, load: Callable[[Snapshot], T]) -> tuple[Snapshot, T] | None:
+    """``(snapshot, load(snapshot))`` for the snapshot ``LATEST`` names; None before the first refresh.
+
+    A refresh that publishes while ``load`` runs may prune the snapshot being read (with
+    ``--keep 1``): then ``LATEST`` has moved on, and the newer snapshot is loaded instead.
+    Each retry needs a new publish, so this cannot spin.
+    """
+    while True:
+        snapshot = latest_snapshot(root)
+        if snapshot is None:
+            return None
+        try:
+            return snapshot, load(snapshot)
+        except (OSError, SnapshotError):
+            if storage.read_pointer(latest_pointer(root)) == snapshot.id:
+                raise  # not a prune race: the published snapshot itself is broken
 
 
 def complete_snapshots(root: str) -> list[str]:

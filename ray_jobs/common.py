@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import ray
 import ray.train
+from ray.exceptions import ActorAlreadyExistsError
 
 from musicray import storage
 from musicray.checkpoints import MODEL_FILES, latest_pointer, model_dir
@@ -27,6 +32,43 @@ def cluster_resources() -> tuple[int, int]:
     """(CPUs, GPUs) in the cluster right now."""
     resources = ray.cluster_resources()
     return int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
+
+
+@ray.remote(num_cpus=0)
+class _RunLock:
+    """Held while it lives: Ray registers an actor name once per namespace, atomically."""
+
+    def __init__(self, holder: str):
+        self.holder = holder
+
+    def who(self) -> str:
+        return self.holder
+
+
+@contextmanager
+def exclusive(job: str, root: str, on_wait: Callable[[str], None] | None = None,
+              poll_seconds: float = 2.0) -> Iterator[None]:
+    """Run one ``job`` at a time on the workspace ``root`` across every driver on this Ray cluster.
+
+    Why: two refreshes at once on a small cluster each start Ray Data actor pools and then wait
+    for CPUs the other's actors hold, forever. A second run waits here instead, holding nothing.
+    The lock is an actor owned by this driver, so a driver that dies releases it with it.
+    """
+    name = f"{job}-{hashlib.sha256(storage.normalize(root).encode()).hexdigest()[:16]}"
+    holder = f"{job} on {root} (pid {os.getpid()})"
+    while True:
+        try:
+            lock = _RunLock.options(name=name, namespace="musicray").remote(holder)
+            break
+        except ActorAlreadyExistsError:
+            if on_wait is not None:
+                on_wait(f"waiting for the {job} already running on {root}")
+                on_wait = None  # say it once
+            time.sleep(poll_seconds)
+    try:
+        yield
+    finally:
+        ray.kill(lock)
 
 
 def parse_model_config(parser: argparse.ArgumentParser, items: list[str]) -> dict:

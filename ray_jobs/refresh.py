@@ -13,6 +13,7 @@ Stages (each prints its duration):
 
 The models are the runs each ``<root>/models/<model>/LATEST`` names when the job starts. A
 failure at any stage leaves LATEST on the previous snapshot; re-running starts a fresh one.
+One refresh of a workspace runs at a time on a Ray cluster: a second one waits for the first.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from musicray import snapshots, storage
 from musicray.catalog import CatalogError
 from musicray.embedding import INPUT_COLUMNS, TrackEmbedder, index_metric, latest_runs
 from musicray.schemas import features_dir, parquet_files
-from ray_jobs.common import cluster_resources, init_ray
+from ray_jobs.common import cluster_resources, exclusive, init_ray
 from ray_jobs.extract import ExtractReport, run_extract
 
 BATCH_SIZE = 1024  # tracks per inference batch: content vectors are ~1.3 KB a track
@@ -63,7 +64,15 @@ def run_refresh(catalog: str, root: str, *, gpu: bool = False, keep: int = 3, ba
     if keep < 1:
         raise ValueError(f"--keep must be >= 1, got {keep}")
     root = storage.normalize(root)
-    runs = latest_runs(root)  # before any work: no trained model is a clear error, not a late one
+    latest_runs(root)  # before any work: no trained model is a clear error, not a late one
+    init_ray()
+    with exclusive("refresh", root, on_wait=lambda message: print(f"  {message}", flush=True)):
+        return _refresh(catalog, root, gpu, keep, batch_size, on_stage)
+
+
+def _refresh(catalog: str, root: str, gpu: bool, keep: int, batch_size: int,
+             on_stage: Callable[[str, float], None] | None) -> RefreshReport:
+    runs = latest_runs(root)  # read under the lock: the models as they are when this run starts
     report = RefreshReport(snapshot_id=snapshots.new_snapshot_id())
     sid = report.snapshot_id
 
@@ -74,7 +83,6 @@ def run_refresh(catalog: str, root: str, *, gpu: bool = False, keep: int = 3, ba
         return time.perf_counter()
 
     began = time.perf_counter()
-    init_ray()
     report.extract = run_extract(catalog, root, gpu=gpu)
     began = stage("extract", began)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import threading
@@ -63,12 +64,12 @@ def workspace(demo, tmp_path):
 
 
 def load_latest(root: str) -> snapshots.Snapshot:
-    snapshot = snapshots.latest_snapshot(root)
-    assert snapshot is not None
-    table = snapshot.vectors()
+    """Load what LATEST names the way a serving replica does: vectors and every index."""
+    loaded = snapshots.load_latest(root, lambda s: (s.vectors(), {m: s.index(m) for m in s.models}))
+    assert loaded is not None
+    snapshot, (table, indexes) = loaded
     assert table.num_rows == snapshot.manifest["tracks"]
-    for model in snapshot.models:
-        assert len(snapshot.index(model)) == table.num_rows
+    assert all(len(index) == table.num_rows for index in indexes.values())
     return snapshot
 
 
@@ -164,17 +165,46 @@ def test_concurrent_refreshes_never_publish_a_partial_snapshot(demo, workspace):
         except Exception as error:
             errors.append(f"writer: {error!r}")
 
-    threads = [threading.Thread(target=reader)] + [threading.Thread(target=writer) for _ in range(2)]
+    # Daemon threads and a bounded join: a deadlock fails this test instead of hanging the suite.
+    threads = [threading.Thread(target=reader, daemon=True)] + [
+        threading.Thread(target=writer, daemon=True) for _ in range(2)]
     for t in threads:
         t.start()
+    deadline = time.monotonic() + 300
     for t in threads[1:]:
-        t.join(timeout=600)
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
     done.set()
-    threads[0].join()
+    threads[0].join(timeout=10)
+    assert not any(t.is_alive() for t in threads), "concurrent refreshes did not finish within 300 s"
     assert errors == []
     final = load_latest(root)
     snapshots.verify(root, final.id, final.manifest["tracks"])
     assert final.id == snapshots.complete_snapshots(root)[-1] and len(seen) >= 2
+
+
+def test_a_reader_follows_latest_when_a_prune_removes_what_it_was_loading(tmp_path):
+    root = str(tmp_path)
+    older, newer = snapshots.new_snapshot_id(), snapshots.new_snapshot_id()
+    for snapshot_id in (older, newer):
+        snapshots.write_manifest(root, snapshot_id, {"snapshot": snapshot_id, "models": {}, "files": []})
+    storage.publish(snapshots.latest_pointer(root), older)
+    loads = []
+
+    def load(snapshot):  # half-way through, a refresh publishes `newer` and prunes `older`
+        loads.append(snapshot.id)
+        if snapshot.id == older:
+            storage.publish(snapshots.latest_pointer(root), newer)
+            assert snapshots.prune(root, keep=1) == [older]
+        return json.loads(storage.read_text(storage.join(snapshot.uri, snapshots.MANIFEST)))["snapshot"]
+
+    snapshot, loaded = snapshots.load_latest(root, load)
+    assert (snapshot.id, loaded, loads) == (newer, newer, [older, newer])
+
+    def broken(snapshot):  # LATEST does not move: the error is the snapshot's own, raised at once
+        raise OSError(f"{snapshot.id} is unreadable")
+
+    with pytest.raises(OSError, match=newer):
+        snapshots.load_latest(root, broken)
 
 
 def test_refresh_on_s3(demo, bucket, tmp_path):
