@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -53,6 +54,13 @@ MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # a 10 MB seed clip is a minute of FLAC: pl
 DEFAULT_POLL_SECONDS = 30.0
 AUDIO_MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg"}
 VERSION = "0.1.0"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on now, for a local server."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 class ClientError(Exception):
@@ -172,7 +180,8 @@ class Follower(Generic[State]):
                 self.last_error = None
             except Exception as error:  # keep serving the old state; say why in /healthz
                 self.last_error = f"{type(error).__name__}: {error}"
-                log.warning("%s could not load %s: %s", self.name, self.read_pointers, self.last_error)
+                log.warning("%s keeps serving %s: the new state did not load: %s", self.name, self.pointers,
+                            self.last_error)
 
     @property
     def alive(self) -> bool:
@@ -559,7 +568,9 @@ def recommend_api(service: RecommendService) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz():
-        return service.health()
+        """200 while the replica follows LATEST; 503 once it cannot."""
+        health = service.health()
+        return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
     @app.get("/version")
     async def version():
@@ -598,7 +609,9 @@ def generate_api(service: GenerateService) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz():
-        return service.health()
+        """200 while the replica follows LATEST; 503 once it cannot."""
+        health = service.health()
+        return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
     @app.get("/version")
     async def version():

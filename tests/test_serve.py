@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -18,12 +17,6 @@ from tests.test_generator import small_model
 from tests.workspace import publish_model, publish_models
 
 TIMEOUT = 60  # seconds any one request may take: generous for a loaded 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +43,7 @@ def server(workspace):
 
     from ray_jobs.serve import run_local
 
-    port = free_port()
+    port = serving.free_port()
     run_local(workspace["root"], port=port, poll_seconds=0.2)
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
