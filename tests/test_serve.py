@@ -234,3 +234,10 @@ def test_a_new_snapshot_is_swapped_in_under_load_without_a_failed_request(server
     # A response pairs a snapshot with the runs it was embedded with: never old vectors with new weights.
     assert set(answers) == {(before["snapshot"], "lstm-r1"), (report.snapshot_id, "lstm-r2")}
     assert snapshots.latest_snapshot(root).id == report.snapshot_id
+
+
+def test_serve_command_says_what_is_missing(tmp_path, capsys):
+    from ray_jobs.serve import main
+
+    assert main(["--local", "--root", str(tmp_path / "empty")]) == 2
+    assert "no embedding snapshot in" in capsys.readouterr().err
