@@ -94,6 +94,27 @@ def test_batched_answers_equal_one_at_a_time(workspace):
         assert [t.score for t in alone.tracks] == pytest.approx([t.score for t in answer.tracks], abs=1e-5)
 
 
+def test_follower_swaps_whole_states_and_keeps_the_old_one_when_a_load_fails():
+    pointer = {"now": "a"}
+
+    def load(name):
+        if name == "broken":
+            raise RuntimeError("snapshot broken is incomplete")
+        return {"snapshot": name}
+
+    follower = serving.Follower("test", lambda: pointer["now"], load, poll_seconds=3600)
+    try:
+        assert follower.state == {"snapshot": "a"} and not follower.refresh()
+        pointer["now"] = "b"
+        assert follower.refresh() and follower.state == {"snapshot": "b"} and follower.swaps == 1
+        pointer["now"] = "broken"
+        with pytest.raises(RuntimeError, match="incomplete"):
+            follower.refresh()
+        assert follower.state == {"snapshot": "b"} and follower.pointers == "b"  # still serving b
+    finally:
+        follower.close()
+
+
 def test_similar_tracks_and_metadata(server, workspace):
     track = workspace["cold"][0]
     similar = get(f"{server}/similar/{track}", params={"k": 5})
