@@ -189,7 +189,7 @@ def main(argv=None) -> int:
         return 2
     import ray
 
-    ray.init(include_dashboard=False)  # --local: always this machine's own Ray, never RAY_ADDRESS
+    ray.init(address="local", include_dashboard=False)  # --local: a Ray of its own, never RAY_ADDRESS
     try:
         urls = run_local(root, port=args.port, host=args.host, poll_seconds=args.poll_seconds,
                          replicas=args.replicas, generate=not args.no_generate)
