@@ -68,7 +68,7 @@ def test_serve_config_passes_ray_validation_and_builds_the_apps():
         built = call_user_app_builder_with_args_if_necessary(builder, app.args)  # as the cluster imports it
         for deployment in app.deployments:
             assert deployment.name == built._bound_deployment.name
-            assert 0 < deployment.ray_actor_options["num_gpus"] <= 1  # fractional GPU replicas
+            assert 0 < deployment.ray_actor_options.num_gpus <= 1  # fractional GPU replicas
             scaling = deployment.autoscaling_config
             assert 1 <= scaling["min_replicas"] <= scaling["max_replicas"] and scaling["target_ongoing_requests"] > 0
             assert deployment.health_check_period_s > 0 and "poll_seconds" in deployment.user_config
