@@ -630,7 +630,25 @@ def generate_api(service: GenerateService) -> FastAPI:
         return spec
 
     app.openapi = openapi
+    app.add_middleware(PrefixIsRoot)
     return app
+
+
+class PrefixIsRoot:
+    """ASGI middleware: a request for the route prefix itself (``POST /generate``) is the app's ``/``.
+
+    Mounted under a prefix, Starlette would answer the bare prefix with a 307 redirect to
+    ``/generate/``, which clients such as curl do not follow.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        root = scope.get("root_path", "")
+        if scope["type"] == "http" and root and scope["path"] == root:
+            scope = {**scope, "path": root + "/", "raw_path": (root + "/").encode()}
+        await self.app(scope, receive, send)
 
 
 async def _generate_body(request: Request, max_upload_bytes: int) -> tuple[GenerateRequest, bytes | None]:

@@ -49,12 +49,12 @@ def server(workspace):
     serve.shutdown()
 
 
-def post(url, **kwargs):
-    return requests.post(url, timeout=TIMEOUT, **kwargs)
+def post(url, **kwargs):  # no redirects: the paths the issue names must answer themselves
+    return requests.post(url, timeout=TIMEOUT, allow_redirects=False, **kwargs)
 
 
 def get(url, **kwargs):
-    return requests.get(url, timeout=TIMEOUT, **kwargs)
+    return requests.get(url, timeout=TIMEOUT, allow_redirects=False, **kwargs)
 
 
 def test_recommend_ranks_the_catalog_cold_tracks_included(server, workspace):
