@@ -15,6 +15,7 @@ COMMANDS = {
     "evaluate": ("ray_jobs.evaluate", "score the models on held-out sessions and tracks against baselines"),
     "generate": ("ray_jobs.generate", "continue a seed clip with the trained generator, write audio"),
     "refresh": ("ray_jobs.refresh", "extract, embed the catalog with every model, index it, publish a snapshot"),
+    "serve": ("ray_jobs.serve", "serve recommendations and generation over HTTP (Ray Serve, --local on this machine)"),
 }
 
 

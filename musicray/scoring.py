@@ -8,6 +8,20 @@ from torch import nn
 from musicray.content import TrackCatalog
 
 
+def session_queries(model: nn.Module, history: torch.Tensor, lengths: torch.Tensor, next_hours: torch.Tensor,
+                    weekdays: torch.Tensor) -> torch.Tensor:
+    """The query vector after each history's last play: (B, dim + 1), scored as ``query @ track_vectors.T``.
+
+    ``history`` (B, L, dim + 1) holds the track vectors of each history, oldest first, padded after
+    its ``lengths``; ``next_hours`` and ``weekdays`` (B, L) the context of the play each step predicts
+    (-1 = unknown). Evaluation and serving both ask the model through this one function.
+    """
+    steps = torch.arange(history.shape[1], device=history.device)
+    mask = steps[None, :] < lengths[:, None]
+    queries = model(history, mask, next_hours, weekdays)
+    return queries[torch.arange(len(history), device=history.device), lengths - 1]
+
+
 class ModelScorer:
     """Scores every catalog track for a batch of histories (``musicray.evaluation.Examples``)."""
 
@@ -30,5 +44,5 @@ class ModelScorer:
         next_hours = torch.roll(batch.hours.to(self.device), shifts=-1, dims=1)
         next_hours[rows, lengths - 1] = batch.target_hour.to(self.device)
         weekdays = batch.target_weekday.to(self.device)[:, None].expand_as(items)
-        queries = self.model(self.track_vectors[items.clamp(min=0)], items >= 0, next_hours, weekdays)
-        return queries[rows, lengths - 1] @ self.track_vectors.T / self.model.temperature
+        queries = session_queries(self.model, self.track_vectors[items.clamp(min=0)], lengths, next_hours, weekdays)
+        return queries @ self.track_vectors.T / self.model.temperature

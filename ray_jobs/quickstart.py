@@ -2,7 +2,9 @@
 
     python -m ray_jobs.quickstart [--demo ./demo] [--root ./workspace] [--tracks 300 --users 500 --seed 0]
 
-The last stage publishes the first embedding snapshot (vectors + indexes) of the demo catalog.
+The refresh stage publishes the first embedding snapshot (vectors + indexes) of the demo catalog;
+the last stage serves it with Ray Serve, sends one recommendation and one generation request,
+prints both answers and shuts the endpoints down.
 Each stage prints one line when it starts and its duration when it ends; a summary closes
 the run. Re-running reuses the demo catalog (same arguments) and the extracted features.
 """
@@ -93,6 +95,45 @@ def stage_refresh(args) -> str:
     return f"snapshot {report.snapshot_id} ({'published' if report.published else 'not published'}): {report.summary()}"
 
 
+def stage_serve(args) -> str:
+    import pandas as pd
+    import requests
+    from ray import serve
+
+    from musicray.serving import free_port
+    from ray_jobs.common import init_ray
+    from ray_jobs.serve import run_local
+
+    init_ray()
+    port = free_port()
+    run_local(args.root, port=port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        # The opening of a held-out session: what a listener has just played.
+        sessions = pd.read_parquet(_demo_file(args, "sessions_test.parquet")).sort_values(["session_id", "ts"])
+        history = sessions[sessions["session_id"] == sessions["session_id"].iloc[0]]["track_id"].head(5).tolist()
+        body = {"user_id": "quickstart", "history": history, "k": 5, "context": {"hour": 21, "weekday": 4}}
+        print(f"  POST {base}/recommend {body}")
+        answer = requests.post(f"{base}/recommend", json=body, timeout=120)
+        answer.raise_for_status()
+        result = answer.json()
+        for rank, track in enumerate(result["tracks"], 1):
+            print(f"    {rank}. {track['track_id']}  score {track['score']:.3f}  label {track['label']}"
+                  f"{'  (cold: never played)' if track['cold'] else ''}  like {track['closest_in_history']}")
+        body = {"seed_track_id": history[-1], "seconds": 5, "seed": 0, "format": "wav"}
+        print(f"  POST {base}/generate {body}")
+        clip = requests.post(f"{base}/generate", json=body, timeout=300)
+        clip.raise_for_status()
+        out = storage.join(_report_dir(args), "served.wav")
+        storage.write_bytes(out, clip.content)
+        print(f"    {clip.headers['content-type']}, {len(clip.content)} bytes, seed {clip.headers['x-seed']}, "
+              f"{clip.headers['x-sample-rate']} Hz, generator run {clip.headers['x-generator-run']} -> {out}")
+    finally:
+        serve.shutdown()
+    return (f"served snapshot {result['snapshot']} ({result['model']} run {result['run']}): 5 tracks recommended, "
+            f"a 5 s clip generated; endpoints shut down")
+
+
 def _report_dir(args) -> str:
     return storage.join(args.root, "reports", "quickstart")
 
@@ -108,6 +149,7 @@ STAGES = [
     ("generate", stage_generate),
     ("evaluate", stage_evaluate),
     ("refresh", stage_refresh),
+    ("serve", stage_serve),
 ]
 
 

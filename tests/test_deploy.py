@@ -52,16 +52,26 @@ def test_rayservice_carries_the_serve_config():
     service = load("deploy/rayservice.yaml")
     assert (service["apiVersion"], service["kind"]) == ("ray.io/v1", "RayService")
     serve = yaml.safe_load(service["spec"]["serveConfigV2"])
-    apps = {app["name"]: app for app in serve["applications"]}
-    assert apps["recommend"]["import_path"] == "ray_jobs.serve:recommend_app"
-    assert apps["generate"]["import_path"] == "ray_jobs.serve:generate_app"
+    assert load("serve_config.yaml")["applications"] == serve["applications"]  # the two must not drift
+
+
+def test_serve_config_passes_ray_validation_and_builds_the_apps():
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(load("serve_config.yaml"))  # what `serve deploy` checks first
+    apps = {app.name: app for app in config.applications}
+    assert {name: app.route_prefix for name, app in apps.items()} == {"recommend": "/", "generate": "/generate"}
     for app in apps.values():
-        for deployment in app["deployments"]:
-            scaling = deployment["autoscaling_config"]
-            assert deployment["ray_actor_options"]["num_gpus"] == 1
-            assert scaling["min_replicas"] <= scaling["max_replicas"]
-    if (REPO / "serve_config.yaml").exists():  # written by the serving work; the two must not drift
-        assert load("serve_config.yaml")["applications"] == serve["applications"]
+        module, _, name = app.import_path.partition(":")
+        builder = getattr(__import__(module, fromlist=[name]), name)
+        built = call_user_app_builder_with_args_if_necessary(builder, app.args)  # as the cluster imports it
+        for deployment in app.deployments:
+            assert deployment.name == built._bound_deployment.name
+            assert 0 < deployment.ray_actor_options.num_gpus <= 1  # fractional GPU replicas
+            scaling = deployment.autoscaling_config
+            assert 1 <= scaling["min_replicas"] <= scaling["max_replicas"] and scaling["target_ongoing_requests"] > 0
+            assert deployment.health_check_period_s > 0 and "poll_seconds" in deployment.user_config
 
 
 def test_crontab_submits_the_refresh_job():

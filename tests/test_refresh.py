@@ -4,45 +4,22 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from models import build
-from models.modules import fit_standardizers
 from musicray import checkpoints, snapshots, storage
-from musicray.content import TrackCatalog
 from ray_jobs import refresh
 from ray_jobs.extract import run_extract
 from tests.conftest import audio_bytes
-
-MODELS = ("lstm", "autoencoder")
+from tests.workspace import MODELS, publish_models
 
 
 class Injected(RuntimeError):
     pass
-
-
-def publish_models(root: str, vocabulary: list[str]) -> dict[str, str]:
-    """Checkpoints in the format training writes (untrained weights: refresh only embeds)."""
-    content = TrackCatalog.from_workspace(root).content
-    runs = {}
-    for name in MODELS:
-        model = build(name, content_dim=content.shape[1], n_ids=len(vocabulary), dim=16)
-        fit_standardizers(model, content)
-        run = f"{name}-r1"
-        with tempfile.TemporaryDirectory() as local:  # written locally, then copied as training uploads
-            checkpoints.write_model_files(local, name, model.eval(), vocabulary)
-            for path in Path(local).iterdir():
-                storage.write_bytes(storage.join(checkpoints.model_dir(root, name, run), path.name), path.read_bytes())
-        storage.publish(checkpoints.latest_pointer(root, name), run)
-        runs[name] = run
-    return runs
 
 
 @pytest.fixture(scope="module")

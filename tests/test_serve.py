@@ -1,0 +1,264 @@
+"""Ray Serve endpoints on the session's local Ray: recommendations, generation, client errors, swaps."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pandas as pd
+import pytest
+import requests
+
+from musicray import serving, snapshots
+from ray_jobs import refresh
+from ray_jobs.extract import run_extract
+from tests.conftest import audio_bytes
+from tests.test_generator import small_model
+from tests.workspace import publish_model, publish_models
+
+TIMEOUT = 60  # seconds any one request may take: generous for a loaded 2-core machine
+
+
+@pytest.fixture(scope="module")
+def workspace(ray_cluster, tmp_path_factory):
+    """24 demo tracks of 3 s, two recommenders that saw 16 of them played, a small generator, one snapshot."""
+    from musicray.demo import generate
+
+    folder = tmp_path_factory.mktemp("serve")
+    demo = generate(folder / "demo", tracks=24, users=30, seed=2, seconds=3.0)
+    root = str(folder / "ws")
+    run_extract(str(demo.manifest), root)
+    catalog = pd.read_parquet(demo.manifest)
+    played = sorted(catalog["track_id"])[:16]
+    publish_models(root, played)
+    publish_model(root, "generator", "gen-r1", small_model(labels=sorted(set(catalog["label"]))), [])
+    refresh.run_refresh(str(demo.manifest), root)
+    return {"root": root, "manifest": str(demo.manifest), "catalog": catalog, "played": played,
+            "cold": sorted(set(catalog["track_id"]) - set(played))}
+
+
+@pytest.fixture(scope="module")
+def server(workspace):
+    from ray import serve
+
+    from ray_jobs.serve import run_local
+
+    port = serving.free_port()
+    run_local(workspace["root"], port=port, poll_seconds=0.2)
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def post(url, **kwargs):  # no redirects: the paths the issue names must answer themselves
+    return requests.post(url, timeout=TIMEOUT, allow_redirects=False, **kwargs)
+
+
+def get(url, **kwargs):
+    return requests.get(url, timeout=TIMEOUT, allow_redirects=False, **kwargs)
+
+
+def test_recommend_ranks_the_catalog_cold_tracks_included(server, workspace):
+    history = workspace["played"][:3]
+    answer = post(f"{server}/recommend", json={"user_id": "u1", "history": history, "k": 21,
+                                               "context": {"hour": 22, "weekday": 6}})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    tracks = body["tracks"]
+    assert body["user_id"] == "u1" and body["model"] == "lstm" and body["run"] == "lstm-r1"
+    assert len(tracks) == 21 and not {t["track_id"] for t in tracks} & set(history)  # the rest of the catalog
+    scores = [t["score"] for t in tracks]
+    assert scores == sorted(scores, reverse=True)
+    assert {t["track_id"] for t in tracks if t["cold"]} == set(workspace["cold"])  # unplayed tracks are ranked
+    assert all(t["closest_in_history"] in history for t in tracks)
+
+    with_played = post(f"{server}/recommend", json={"history": history, "k": 24, "exclude_played": False}).json()
+    assert set(history) <= {t["track_id"] for t in with_played["tracks"]}
+
+    label = workspace["catalog"]["label"].iloc[0]
+    by_label = post(f"{server}/recommend", json={"history": history, "k": 3, "label": label, "model": "autoencoder"})
+    assert by_label.status_code == 200, by_label.text
+    assert by_label.json()["model"] == "autoencoder" and {t["label"] for t in by_label.json()["tracks"]} == {label}
+
+
+def test_batched_answers_equal_one_at_a_time(workspace):
+    """What @serve.batch does to a request must not change its answer."""
+    state = serving.load_recommend_state(workspace["root"], serving.snapshot_pointer(workspace["root"]))
+    played = workspace["played"]
+    requests_ = [serving.RecommendRequest(history=played[i: i + n], k=5, context={"hour": i})
+                 for i, n in ((0, 1), (2, 4), (5, 9), (1, 2))]
+    items = [(state, "lstm", r) for r in requests_]
+    together = serving.recommend_batch(items)
+    for item, answer in zip(items, together):
+        alone = serving.recommend_batch([item])[0]
+        assert [t.track_id for t in alone.tracks] == [t.track_id for t in answer.tracks]
+        assert [t.score for t in alone.tracks] == pytest.approx([t.score for t in answer.tracks], abs=1e-5)
+
+
+def test_follower_swaps_whole_states_and_keeps_the_old_one_when_a_load_fails():
+    pointer = {"now": "a"}
+
+    def load(name):
+        if name == "broken":
+            raise RuntimeError("snapshot broken is incomplete")
+        return {"snapshot": name}
+
+    follower = serving.Follower("test", lambda: pointer["now"], load, poll_seconds=3600)
+    try:
+        assert follower.state == {"snapshot": "a"} and not follower.refresh()
+        pointer["now"] = "b"
+        assert follower.refresh() and follower.state == {"snapshot": "b"} and follower.swaps == 1
+        pointer["now"] = "broken"
+        with pytest.raises(RuntimeError, match="incomplete"):
+            follower.refresh()
+        assert follower.state == {"snapshot": "b"} and follower.pointers == "b"  # still serving b
+    finally:
+        follower.close()
+
+
+def test_similar_tracks_and_metadata(server, workspace):
+    track = workspace["cold"][0]
+    similar = get(f"{server}/similar/{track}", params={"k": 5})
+    assert similar.status_code == 200, similar.text
+    body = similar.json()
+    assert body["model"] == "autoencoder" and len(body["tracks"]) == 5 and track not in {t["track_id"] for t in body["tracks"]}
+    info = get(f"{server}/tracks/{track}").json()
+    row = workspace["catalog"].set_index("track_id").loc[track]
+    assert info["label"] == row["label"] and info["played_in_training"] == {"lstm": False, "autoencoder": False}
+    assert "uri" not in info
+
+
+def test_health_version_and_openapi_docs(server, workspace):
+    assert get(f"{server}/healthz").json()["status"] == "ok"
+    version = get(f"{server}/version").json()
+    assert version["snapshot"] == serving.snapshot_pointer(workspace["root"])
+    assert version["models"] == {"lstm": "lstm-r1", "autoencoder": "autoencoder-r1"}
+    assert get(f"{server}/generate/version").json()["generator"] == "gen-r1"
+    assert get(f"{server}/generate/healthz").json()["status"] == "ok"
+    paths = get(f"{server}/openapi.json").json()["paths"]
+    assert {"/recommend", "/similar/{track_id}", "/tracks/{track_id}", "/healthz", "/version"} <= set(paths)
+    generate_spec = get(f"{server}/generate/openapi.json").json()
+    assert set(generate_spec["paths"]["/"]["post"]["requestBody"]["content"]) == {"application/json",
+                                                                                  "multipart/form-data"}
+    assert get(f"{server}/docs").status_code == 200
+
+
+def test_generate_returns_reproducible_audio(server, workspace):
+    import io
+
+    import soundfile as sf
+
+    body = {"seed_track_id": workspace["cold"][0], "seconds": 1.0, "seed": 7, "temperature": 0.8, "format": "wav"}
+    first, again = post(f"{server}/generate", json=body), post(f"{server}/generate", json=body)
+    assert first.status_code == 200, first.text
+    assert first.headers["content-type"] == "audio/wav" and first.headers["x-seed"] == "7"
+    assert first.headers["x-generator-run"] == "gen-r1" and first.content == again.content
+    samples, rate = sf.read(io.BytesIO(first.content))
+    assert rate == int(first.headers["x-sample-rate"]) and abs(len(samples) / rate - 1.0) < 0.05
+
+    clip = audio_bytes(2.0, fmt="FLAC", freq=330.0)
+    uploaded = post(f"{server}/generate", files={"seed_audio": ("intro.flac", clip, "audio/flac")},
+                    data={"seconds": "1", "format": "ogg", "seed": "3"})
+    assert uploaded.status_code == 200, uploaded.text
+    assert uploaded.headers["content-type"] == "audio/ogg" and uploaded.headers["x-seed-source"] == "upload"
+    assert uploaded.content[:4] == b"OggS"
+
+
+def test_client_errors_are_4xx_with_a_clear_json_message(server, workspace):
+    played = workspace["played"]
+    big = b"RIFF" + b"\0" * (serving.MAX_UPLOAD_BYTES + 1)
+    cases = [  # (name, request, status, words the message must carry)
+        ("unknown track", lambda: post(f"{server}/recommend", json={"history": [played[0], "no-such-track"]}),
+         404, "no-such-track"),
+        ("empty history", lambda: post(f"{server}/recommend", json={"history": []}), 422, "history"),
+        ("k = 0", lambda: post(f"{server}/recommend", json={"history": played[:1], "k": 0}), 422, "k"),
+        ("k too large", lambda: post(f"{server}/recommend", json={"history": played[:1], "k": 101}), 422, "100"),
+        ("unknown model", lambda: post(f"{server}/recommend", json={"history": played[:1], "model": "gpt"}),
+         422, "gpt"),
+        ("unknown label", lambda: post(f"{server}/recommend", json={"history": played[:1], "label": "polka"}),
+         422, "polka"),
+        ("bad hour", lambda: post(f"{server}/recommend", json={"history": played[:1], "context": {"hour": 24}}),
+         422, "hour"),
+        ("malformed JSON", lambda: post(f"{server}/recommend", data=b'{"history": [',
+                                        headers={"content-type": "application/json"}), 422, "JSON"),
+        ("unknown field", lambda: post(f"{server}/recommend", json={"histroy": played[:1]}), 422, "histroy"),
+        ("similar: unknown track", lambda: get(f"{server}/similar/nope"), 404, "nope"),
+        ("similar: k out of range", lambda: get(f"{server}/similar/{played[0]}", params={"k": 0}), 422, "k"),
+        ("tracks: unknown track", lambda: get(f"{server}/tracks/nope"), 404, "nope"),
+        ("seconds over the cap", lambda: post(f"{server}/generate", json={"seed_track_id": played[0], "seconds": 31}),
+         422, "30"),
+        ("generate: unknown seed track", lambda: post(f"{server}/generate", json={"seed_track_id": "nope"}),
+         404, "nope"),
+        ("generate: no seed", lambda: post(f"{server}/generate", json={"seconds": 1}), 422, "seed"),
+        ("generate: bad format", lambda: post(f"{server}/generate", json={"seed_track_id": played[0], "format": "mp3"}),
+         422, "format"),
+        ("generate: malformed JSON", lambda: post(f"{server}/generate", data=b"{", headers={
+            "content-type": "application/json"}), 422, "JSON"),
+        ("oversized upload", lambda: post(f"{server}/generate", files={"seed_audio": ("big.wav", big, "audio/wav")},
+                                          data={"seconds": "1"}), 413, "capped"),
+        ("non-audio upload", lambda: post(f"{server}/generate", files={"seed_audio": ("notes.txt", b"hello " * 100,
+                                                                                      "text/plain")},
+                                          data={"seconds": "1"}), 415, "audio"),
+        ("upload and track both", lambda: post(f"{server}/generate", files={"seed_audio": (
+            "a.wav", audio_bytes(1.0), "audio/wav")}, data={"seed_track_id": played[0]}), 422, "exactly one"),
+    ]
+    for name, send, status, words in cases:
+        response = send()
+        assert response.status_code == status, f"{name}: {response.status_code} {response.text[:300]}"
+        body = response.json()
+        assert words.lower() in body["detail"].lower(), f"{name}: {body}"
+        assert body["error"], name
+
+
+def test_a_new_snapshot_is_swapped_in_under_load_without_a_failed_request(server, workspace):
+    root = workspace["root"]
+    before = get(f"{server}/version").json()
+    failures, answers, stop = [], [], threading.Event()
+
+    def client(n: int):
+        history = workspace["played"][n: n + 3]
+        while not stop.is_set():
+            try:
+                response = post(f"{server}/recommend", json={"history": history, "k": 5})
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code}: {response.text[:200]}")
+                else:
+                    answers.append((response.json()["snapshot"], response.json()["run"]))
+            except requests.RequestException as error:
+                failures.append(repr(error))
+
+    clients = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for thread in clients:
+        thread.start()
+    try:
+        # New model runs, then the refresh that embeds the catalog with them and publishes a snapshot.
+        runs = publish_models(root, workspace["played"], run="r2")
+        report = refresh.run_refresh(workspace["manifest"], root)
+        assert report.published
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            version = get(f"{server}/version").json()
+            if version["snapshot"] == report.snapshot_id:
+                break
+            time.sleep(0.2)
+        served_after_swap = len(answers)
+        deadline = time.monotonic() + 30
+        while len(answers) < served_after_swap + 20 and time.monotonic() < deadline:
+            time.sleep(0.1)  # let requests run on the new state too
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=TIMEOUT)
+    assert failures == []
+    assert version["snapshot"] == report.snapshot_id != before["snapshot"]
+    assert version["models"] == runs and version["swaps"] >= 1
+    assert (before["snapshot"], "lstm-r1") in answers and (report.snapshot_id, "lstm-r2") in answers
+    # A response pairs a snapshot with the runs it was embedded with: never old vectors with new weights.
+    assert set(answers) == {(before["snapshot"], "lstm-r1"), (report.snapshot_id, "lstm-r2")}
+    assert snapshots.latest_snapshot(root).id == report.snapshot_id
+
+
+def test_serve_command_says_what_is_missing(tmp_path, capsys):
+    from ray_jobs.serve import main
+
+    assert main(["--local", "--root", str(tmp_path / "empty")]) == 2
+    assert "no embedding snapshot in" in capsys.readouterr().err
