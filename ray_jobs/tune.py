@@ -197,6 +197,7 @@ class SearchOutcome:
     curves: dict[str, list[tuple[int, float]]]  # trial id -> (epochs done, metric) of every epoch
     best: dict  # the best_config.json content
     resumed: bool
+    complete: bool  # every trial finished (an interrupted search is not)
     report_dir: str
     epochs_spent: int = field(default=0)  # trial-epochs trained in all
 
@@ -209,7 +210,8 @@ def run_tune(model: str, root: str, sessions: str | None, *, samples: int, name:
     """Run (or resume) a search; write its report and, with ``publish``, the model's best_config.json.
 
     ``configs`` replaces the Optuna search with exactly these configs (the benchmark's fixed list);
-    ``callbacks`` are Tune callbacks (the tests interrupt a search with one).
+    ``callbacks`` are Tune callbacks of a new search (the tests interrupt one with them); Tune keeps them
+    with the search, so a restored search runs the ones it started with.
     """
     model_class(model)
     if samples < 1:
@@ -286,14 +288,16 @@ def run_tune(model: str, root: str, sessions: str | None, *, samples: int, name:
         progress(f"search {name!r}: {samples} trials of {model}, up to {epochs} epochs each, "
                  f"{concurrency} at a time, {scheduler.upper()} on {metric} ({mode})")
     grid = tuner.fit()
-    outcome = summarize(grid, name, model, metric, mode, root, resumed, fixed)
+    # Interrupted (Ctrl+C), Tune returns what it has: the search is complete once every sampled trial ended.
+    complete = grid.num_terminated + grid.num_errors == len(grid) == arguments["samples"]
+    outcome = summarize(grid, name, model, metric, mode, root, resumed, complete, fixed)
     write_report(outcome, arguments)
-    if publish:  # the report first, the file `musicray train` reads last
+    if publish and complete:  # the report first, the file `musicray train` reads last
         storage.write_text(best_config_uri(root, model), json.dumps(outcome.best, indent=2))
     return outcome
 
 
-def summarize(grid, name: str, model: str, metric: str, mode: str, root: str, resumed: bool,
+def summarize(grid, name: str, model: str, metric: str, mode: str, root: str, resumed: bool, complete: bool,
               fixed: dict) -> SearchOutcome:
     """The trials table, every trial's curve and the best config, from Tune's results."""
     better = max if mode == "max" else min
@@ -324,7 +328,7 @@ def summarize(grid, name: str, model: str, metric: str, mode: str, root: str, re
                    "train": {k: plain(v) for k, v in config["train"].items()},
                    "model_config": {**fixed, **{k: plain(v) for k, v in config["model"].items()}},
                    "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    return SearchOutcome(name, model, metric, mode, rows, curves, best_config, resumed,
+    return SearchOutcome(name, model, metric, mode, rows, curves, best_config, resumed, complete,
                          storage.join(root, "reports", "tune", name), sum(len(c) for c in curves.values()))
 
 
@@ -354,7 +358,9 @@ def write_report(outcome: SearchOutcome, arguments: dict) -> None:
         f"{len(outcome.trials)} trials, up to {arguments['epochs']} epochs each; {arguments['scheduler'].upper()} "
         f"on {metric} ({outcome.mode}, grace period {arguments['grace_period']}, reduction factor "
         f"{arguments['reduction_factor']}); Optuna TPE, seed {arguments['seed']}."
-        + (" Resumed after an interruption." if outcome.resumed else ""),
+        + (" Resumed after an interruption." if outcome.resumed else "")
+        + ("" if outcome.complete else f" **Interrupted: {len(outcome.trials)} of {arguments['samples']} trials "
+                                       f"started; run it again with `--name {outcome.name}` to finish it.**"),
         f"Trial-epochs trained: {outcome.epochs_spent} of {full} for every trial run to the end.", "",
         f"## Best: trial {best['trial_id']}, {metric} {best['value']:.4f} at epoch {best['best_epoch']}", "",
         "```json", json.dumps({"train": best["train"], "model_config": best["model_config"]}, indent=2), "```", "",
@@ -407,7 +413,11 @@ def main(argv=None) -> int:
           f"(trial {best['trial_id']}, epoch {best['best_epoch']}); {len(outcome.trials)} trials, "
           f"{outcome.epochs_spent} trial-epochs")
     print(f"best config: {json.dumps({'train': best['train'], 'model_config': best['model_config']})}")
-    print(f"written to {best_config_uri(args.root, outcome.model)}; report in {outcome.report_dir}/report.md")
+    print(f"report in {outcome.report_dir}/report.md")
+    if not outcome.complete:
+        print(f"search interrupted: run again with --name {outcome.name} to finish it (no best config written)")
+        return 1
+    print(f"best config written to {best_config_uri(args.root, outcome.model)}")
     return 0
 
 

@@ -12,6 +12,7 @@ from models import GENERATORS, MODELS, SEARCH_SPACES
 from musicray import storage
 from musicray.checkpoints import load_trained
 from musicray.features import FeatureConfig
+from musicray import cli
 from ray_jobs import extract, train, tune
 from ray_jobs.train import TrainSettings
 from ray_jobs.train_generator import GeneratorSettings
@@ -56,40 +57,73 @@ def test_bad_input_is_one_line_and_exit_code_2(workspace, tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
-def test_search_writes_best_config_and_report_and_train_uses_it(workspace, capsys):
+class Markers(Callback):
+    """Leaves a file in ``folder`` for every trial start and finish, and presses Ctrl+C (SIGINT to
+    this process) once ``interrupt_after`` trials have finished: Tune stops the search, saves its
+    state and returns, as it does for a person interrupting it. Tune keeps a search's callbacks
+    with it, so the restored search leaves its markers in the same folder."""
+
+    def __init__(self, folder, interrupt_after: int):
+        self.folder, self.interrupt_after = folder, interrupt_after
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        (self.folder / f"start-{trial.trial_id}-{len(list(self.folder.glob('start-*')))}").touch()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        (self.folder / f"done-{trial.trial_id}").touch()
+        interrupted = self.folder / "interrupted"
+        if len(list(self.folder.glob("done-*"))) == self.interrupt_after and not interrupted.exists():
+            interrupted.touch()
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def trials(self, kind: str) -> list[str]:
+        return sorted(p.name.split("-")[1] for p in self.folder.glob(f"{kind}-*"))
+
+
+def test_interrupted_search_resumes_then_train_uses_its_best_config(workspace, tmp_path, capsys):
     demo, root = workspace
-    sets = [arg for k, v in SMALL.items() for arg in ("--set", f"{k}={v}")]
-    assert tune.main(["--model", "lstm", "--root", root, "--sessions", str(demo.sessions_train), "--samples", "3",
-                      "--epochs", "2", "--name", "small", "--seed", "1", *sets]) == 0
-    assert "lstm search small: best val_MRR@20" in capsys.readouterr().out
+    markers = Markers(tmp_path, interrupt_after=2)
+    kwargs = dict(samples=3, name="resume", epochs=2, fixed=SMALL, max_concurrent=1)
+    interrupted = tune.run_tune("lstm", root, str(demo.sessions_train), callbacks=[markers], **kwargs)
+    finished = set(markers.trials("done"))
+    assert len(finished) == 2 and not interrupted.complete
+    assert not storage.exists(f"{root}/models/lstm/best_config.json")  # nothing published by a partial search
+    starts_before = markers.trials("start")
+
+    resumed = tune.run_tune("lstm", root, str(demo.sessions_train), **kwargs)
+    assert resumed.resumed and resumed.complete
+    # Every finished trial started exactly once, across both runs; the third ran after the restore.
+    starts = markers.trials("start")
+    assert all(starts.count(t) == 1 for t in finished)
+    assert len(starts) > len(starts_before) and len(set(markers.trials("done"))) == 3
+    assert len(resumed.trials) == 3 and finished < {r["trial_id"] for r in resumed.trials}
+    assert all(r["status"] == "done" and r["epochs"] >= 1 for r in resumed.trials)
+    assert resumed.epochs_spent == sum(r["epochs"] for r in resumed.trials) <= 3 * 2
 
     best = json.loads(storage.read_text(f"{root}/models/lstm/best_config.json"))
-    assert best["search"] == "small" and best["metric"] == "val_MRR@20" and 0 < best["value"] <= 1
+    assert best["search"] == "resume" and best["metric"] == "val_MRR@20" and 0 < best["value"] <= 1
+    assert best["value"] == max(r["val_MRR@20"] for r in resumed.trials)
     assert set(best["train"]) == set(SEARCH_SPACES["lstm"]["train"])
     assert best["model_config"]["dim"] == 32 and set(best["model_config"]) == set(SEARCH_SPACES["lstm"]["model"])
-    report = f"{root}/reports/tune/small"
+    report = f"{root}/reports/tune/resume"
     rows = storage.read_text(f"{report}/trials.csv").strip().splitlines()
     assert len(rows) == 1 + 3 and rows[0].startswith("trial_id,status,epochs,val_MRR@20,best_epoch")
-    best_row = [r for r in rows if r.startswith(best["trial_id"] + ",")]
-    assert len(best_row) == 1 and ",done,2," in best_row[0]  # the best trial ran both epochs
     assert json.loads(storage.read_text(f"{report}/best_config.json")) == best
     assert storage.read_bytes(f"{report}/curves.png")[:4] == b"\x89PNG"
     assert f"Best: trial {best['trial_id']}" in storage.read_text(f"{report}/report.md")
 
-    # musicray train takes the searched config; an explicit flag overrides one setting of it.
+    # musicray train takes the searched config; explicit flags override parts of it.
     args = ["train", "--model", "lstm", "--root", root, "--sessions", str(demo.sessions_train), "--epochs", "1"]
-    parsed = train.parse_args(args[1:] + ["--lr", "0.0042", "--set", "hidden=48"])
-    settings, model_config, source = train.configure(parsed, "lstm")
+    settings, model_config, source = train.configure(train.parse_args(args[1:] + ["--lr", "0.0042", "--set",
+                                                                                  "hidden=48"]), "lstm")
     assert settings.lr == 0.0042 and settings.batch_size == best["train"]["batch_size"]
     assert settings.weight_decay == best["train"]["weight_decay"] and settings.epochs == 1
     assert model_config == {**best["model_config"], "hidden": 48}
-    assert "config from" in source and "best_config.json" in source and "overridden by --epochs, --lr, --set hidden" \
-        in source
+    assert "best_config.json (search 'resume'" in source and "overridden by --epochs, --lr, --set hidden" in source
     settings, model_config, source = train.configure(train.parse_args(args[1:] + ["--no-best-config"]), "lstm")
     assert settings.lr == TrainSettings.lr and model_config == {} and "default config (--no-best-config)" in source
 
-    from musicray import cli
-
+    capsys.readouterr()
     assert cli.main([*args, "--run-name", "from-search"]) == 0
     assert "lstm: config from" in capsys.readouterr().out
     trained = load_trained(root, "lstm")
@@ -98,42 +132,11 @@ def test_search_writes_best_config_and_report_and_train_uses_it(workspace, capsy
         assert getattr(trained.model.config, field) == pytest.approx(value), field
 
 
-class InterruptAfter(Callback):
-    """Presses Ctrl+C (SIGINT to this process) once ``count`` trials have finished: Tune stops the
-    search, saves its state and returns, as it does for a person interrupting it."""
-
-    def __init__(self, count: int):
-        self.count, self.finished = count, []
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self.finished.append(trial.trial_id)
-        if len(self.finished) == self.count:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
-class Starts(Callback):
-    def __init__(self):
-        self.started = []
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.started.append(trial.trial_id)
-
-
-def test_interrupted_search_resumes_without_rerunning_finished_trials(workspace):
+def test_generator_search_selects_on_validation_loss(workspace):
     demo, root = workspace
-    kwargs = dict(samples=4, name="resume", epochs=2, fixed=SMALL, publish=False, max_concurrent=1)
-    interrupt, first = InterruptAfter(2), Starts()
-    interrupted = tune.run_tune("rnn", root, str(demo.sessions_train), callbacks=[interrupt, first], **kwargs)
-    finished = set(interrupt.finished)
-    assert len(finished) == 2 and finished <= {r["trial_id"] for r in interrupted.trials}
-    runs_before = {t: sorted(storage.list_dirs(f"{root}/tune/resume/runs/{t}")) for t in finished}
-
-    second = Starts()
-    resumed = tune.run_tune("rnn", root, str(demo.sessions_train), callbacks=[second], **kwargs)
-    assert resumed.resumed and not finished & set(second.started)  # no finished trial ran again
-    assert len(set(second.started)) >= 2  # the two left (an interrupted one continued, or new samples) ran
-    assert len(resumed.trials) == 4 and finished < {r["trial_id"] for r in resumed.trials}
-    assert all(r["status"] == "done" and r["epochs"] >= 1 for r in resumed.trials)
-    # The finished trials' Train runs were not touched: the same checkpoints, none added.
-    assert {t: sorted(storage.list_dirs(f"{root}/tune/resume/runs/{t}")) for t in finished} == runs_before
-    assert not storage.exists(f"{root}/models/rnn/best_config.json")  # publish=False leaves train alone
+    outcome = tune.run_tune("generator", root, None, samples=1, name="gen", epochs=1,
+                            fixed={"codebook_size": 32, "hidden": 32, "dim": 16, "layers": 1}, publish=False)
+    assert outcome.complete and outcome.metric == "val_loss" and outcome.mode == "min"
+    assert outcome.best["value"] > 0 and outcome.best["model_config"]["hidden"] == 32
+    assert set(outcome.best["train"]) == set(SEARCH_SPACES["generator"]["train"])
+    assert not storage.exists(f"{root}/models/generator/best_config.json")  # publish=False
