@@ -24,7 +24,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 
 import numpy as np
@@ -283,6 +283,10 @@ def configure(args: argparse.Namespace, model: str):
     else:
         settings_class, common["full_softmax_max_tracks"] = TrainSettings, args.full_softmax_max_tracks
     searched = dict(best["train"]) if best else {}
+    unknown = sorted(set(searched) - {f.name for f in fields(settings_class)})
+    if unknown:
+        raise ValueError(f"best config {best_config_uri(args.root, model)} sets unknown training setting(s) "
+                         f"{unknown}; fix or delete it, or pass --no-best-config")
     settings = settings_class(**{**common, **searched, **explicit})
     model_config = {**(best["model_config"] if best else {}), **args.model_config}
 
