@@ -229,7 +229,8 @@ def run_tune(model: str, root: str, sessions: str | None, *, samples: int, name:
     search_file = storage.join(experiment_uri, "search.json")
     arguments = {"model": model, "sessions": sessions, "samples": samples, "epochs": epochs, "seed": seed,
                  "fixed": fixed, "scheduler": scheduler, "grace_period": grace_period,
-                 "reduction_factor": reduction_factor}
+                 "reduction_factor": reduction_factor,
+                 "search": "optuna" if configs is None else f"{len(configs)} given configs"}
     resumed = ray.tune.Tuner.can_restore(experiment_path, storage_filesystem=fs)
     if resumed:  # the search's own arguments apply, so its trials stay comparable
         started = json.loads(storage.read_text(search_file))
@@ -357,7 +358,9 @@ def write_report(outcome: SearchOutcome, arguments: dict) -> None:
         f"# Hyperparameter search {outcome.name}: {outcome.model}", "",
         f"{len(outcome.trials)} trials, up to {arguments['epochs']} epochs each; {arguments['scheduler'].upper()} "
         f"on {metric} ({outcome.mode}, grace period {arguments['grace_period']}, reduction factor "
-        f"{arguments['reduction_factor']}); Optuna TPE, seed {arguments['seed']}."
+        f"{arguments['reduction_factor']}); "
+        + (f"Optuna TPE, seed {arguments['seed']}." if arguments.get("search", "optuna") == "optuna"
+           else f"configs: {arguments['search']}.")
         + (" Resumed after an interruption." if outcome.resumed else "")
         + ("" if outcome.complete else f" **Interrupted: {len(outcome.trials)} of {arguments['samples']} trials "
                                        f"started; run it again with `--name {outcome.name}` to finish it.**"),

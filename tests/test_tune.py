@@ -83,7 +83,7 @@ class Markers(Callback):
 def test_interrupted_search_resumes_then_train_uses_its_best_config(workspace, tmp_path, capsys):
     demo, root = workspace
     markers = Markers(tmp_path, interrupt_after=2)
-    kwargs = dict(samples=3, name="resume", epochs=2, fixed=SMALL, max_concurrent=1)
+    kwargs = dict(samples=3, name="resume", epochs=2, fixed=SMALL)  # 2 trials at a time on the 2 CPUs
     interrupted = tune.run_tune("lstm", root, str(demo.sessions_train), callbacks=[markers], **kwargs)
     finished = set(markers.trials("done"))
     assert len(finished) == 2 and not interrupted.complete
