@@ -289,9 +289,13 @@ def run_tune(model: str, root: str, sessions: str | None, *, samples: int, name:
         progress(f"search {name!r}: {samples} trials of {model}, up to {epochs} epochs each, "
                  f"{concurrency} at a time, {scheduler.upper()} on {metric} ({mode})")
     grid = tuner.fit()
-    # Interrupted (Ctrl+C), Tune returns what it has: the search is complete once every sampled trial ended.
-    complete = grid.num_terminated + grid.num_errors == len(grid) == arguments["samples"]
-    outcome = summarize(grid, name, model, metric, mode, root, resumed, complete, fixed)
+    # Interrupted (Ctrl+C), Tune returns what it has: the search is complete once every sampled trial
+    # ended. A trial's status is Tune's own (a pending trial's result reads as an error: no metrics yet).
+    statuses = {t.trial_id: t.status for t in
+                ray.tune.ExperimentAnalysis(experiment_path, storage_filesystem=fs).trials}
+    complete = len(statuses) == arguments["samples"] and all(s in ("TERMINATED", "ERROR")
+                                                             for s in statuses.values())
+    outcome = summarize(grid, name, model, metric, mode, root, resumed, complete, fixed, statuses)
     write_report(outcome, arguments)
     if publish and complete:  # the report first, the file `musicray train` reads last
         storage.write_text(best_config_uri(root, model), json.dumps(outcome.best, indent=2))
@@ -299,13 +303,14 @@ def run_tune(model: str, root: str, sessions: str | None, *, samples: int, name:
 
 
 def summarize(grid, name: str, model: str, metric: str, mode: str, root: str, resumed: bool, complete: bool,
-              fixed: dict) -> SearchOutcome:
+              fixed: dict, statuses: dict[str, str]) -> SearchOutcome:
     """The trials table, every trial's curve and the best config, from Tune's results."""
     better = max if mode == "max" else min
     rows, curves, best = [], {}, None
     for result in grid:
         frame = result.metrics_dataframe
-        trial_id = (result.metrics or {}).get("trial_id") or result.path.rstrip("/").rsplit("/", 1)[-1]
+        folder = result.path.rstrip("/").rsplit("/", 1)[-1]  # run_trial_<trial id>_<n>_<config>_<time>
+        trial_id = (result.metrics or {}).get("trial_id") or next((t for t in statuses if f"_{t}_" in folder), folder)
         config = result.config or {}
         curve = []
         if frame is not None and metric in frame:
@@ -314,7 +319,8 @@ def summarize(grid, name: str, model: str, metric: str, mode: str, root: str, re
         curves[trial_id] = curve
         value = better(v for _, v in curve) if curve else None
         best_epochs = [e for e, v in curve if v == value]
-        row = {"trial_id": trial_id, "status": "error" if result.error else "done", "epochs": len(curve),
+        status = {"TERMINATED": "done", "ERROR": "error"}.get(statuses.get(trial_id), "unfinished")
+        row = {"trial_id": trial_id, "status": status, "epochs": len(curve),
                metric: value, "best_epoch": best_epochs[0] if best_epochs else None,
                **{f"{group}.{k}": v for group in ("model", "train") for k, v in config.get(group, {}).items()}}
         rows.append(row)
