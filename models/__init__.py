@@ -15,6 +15,7 @@ from dataclasses import fields
 
 from torch import nn
 
+from models import autoencoder, dnn_recommender, lstm_generator, lstm_recommender, rnn_recommender
 from models.autoencoder import AutoencoderConfig, AutoencoderRecommender
 from models.dnn_recommender import DNNConfig, DNNRecommender
 from models.lstm_generator import GeneratorConfig, LSTMGenerator
@@ -34,6 +35,16 @@ GENERATORS: dict[str, type[nn.Module]] = {
 
 MODELS: dict[str, type[nn.Module]] = {**RECOMMENDERS, **GENERATORS}
 
+# Each model's hyperparameter search space, defined in its file next to its config dataclass:
+# {"model": {config field: (kind, *arguments)}, "train": {training setting: (kind, *arguments)}}.
+SEARCH_SPACES: dict[str, dict[str, dict[str, tuple]]] = {
+    "lstm": lstm_recommender.SEARCH_SPACE,
+    "rnn": rnn_recommender.SEARCH_SPACE,
+    "dnn": dnn_recommender.SEARCH_SPACE,
+    "autoencoder": autoencoder.SEARCH_SPACE,
+    "generator": lstm_generator.SEARCH_SPACE,
+}
+
 
 def model_class(name: str) -> type[nn.Module]:
     if name not in MODELS:
@@ -51,5 +62,5 @@ def build(name: str, **config) -> nn.Module:
     return cls(cls.Config(**config))
 
 
-__all__ = ["GENERATORS", "MODELS", "RECOMMENDERS", "build", "model_class", "AutoencoderConfig", "DNNConfig",
+__all__ = ["GENERATORS", "MODELS", "RECOMMENDERS", "SEARCH_SPACES", "build", "model_class", "AutoencoderConfig", "DNNConfig",
            "GeneratorConfig", "LSTMConfig", "RNNConfig"]

@@ -36,6 +36,24 @@ class AutoencoderConfig:
     temperature: float = 0.1
 
 
+# Hyperparameter search (``musicray tune --model autoencoder``), as in lstm_recommender.py.
+SEARCH_SPACE = {
+    "model": {
+        "dim": ("choice", [16, 32, 64]),
+        "hidden": ("choice", [128, 256, 512]),
+        "noise_std": ("uniform", 0.1, 0.5),
+        "feature_dropout": ("uniform", 0.0, 0.4),
+        "reconstruction_weight": ("loguniform", 0.1, 3.0),
+        "temperature": ("loguniform", 0.05, 0.3),
+    },
+    "train": {
+        "lr": ("loguniform", 5e-4, 1e-2),
+        "batch_size": ("choice", [32, 64, 128]),
+        "weight_decay": ("loguniform", 1e-6, 1e-3),
+    },
+}
+
+
 class AutoencoderRecommender(nn.Module):
     Config = AutoencoderConfig
 

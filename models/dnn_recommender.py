@@ -31,6 +31,23 @@ class DNNConfig:
     dropout: float = 0.1
 
 
+# Hyperparameter search (``musicray tune --model dnn``), as in lstm_recommender.py.
+SEARCH_SPACE = {
+    "model": {
+        "dim": ("choice", [32, 64, 128]),
+        "hidden": ("choice", [128, 256, 512]),
+        "recency_decay": ("uniform", 0.5, 0.95),
+        "dropout": ("uniform", 0.0, 0.4),
+        "id_dropout": ("uniform", 0.1, 0.4),
+    },
+    "train": {
+        "lr": ("loguniform", 5e-4, 1e-2),
+        "batch_size": ("choice", [32, 64, 128]),
+        "weight_decay": ("loguniform", 1e-6, 1e-3),
+    },
+}
+
+
 class DNNRecommender(nn.Module):
     Config = DNNConfig
     temperature = 1.0

@@ -59,6 +59,25 @@ class GeneratorConfig:
     hop_length: int = 512
 
 
+# Hyperparameter search (``musicray tune --model generator``), as in lstm_recommender.py; training
+# settings are ray_jobs/train_generator.py's GeneratorSettings. The codebook's size and the
+# workspace's framing are not searched: one codebook, fitted once, serves every trial.
+SEARCH_SPACE = {
+    "model": {
+        "dim": ("choice", [64, 128, 256]),
+        "hidden": ("choice", [256, 384, 512]),
+        "layers": ("choice", [1, 2, 3]),
+        "dropout": ("uniform", 0.0, 0.3),
+        "label_dropout": ("uniform", 0.1, 0.5),
+    },
+    "train": {
+        "lr": ("loguniform", 5e-4, 5e-3),
+        "batch_size": ("choice", [8, 16, 32]),
+        "weight_decay": ("loguniform", 1e-6, 1e-3),
+    },
+}
+
+
 class LSTMGenerator(nn.Module):
     Config = GeneratorConfig
 

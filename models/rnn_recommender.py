@@ -31,6 +31,23 @@ class RNNConfig:
     dropout: float = 0.5  # on the demo's validation split 0.5 beat 0.1 and 0.3 (MRR@20 +0.01)
 
 
+# Hyperparameter search (``musicray tune --model rnn``), as in lstm_recommender.py.
+SEARCH_SPACE = {
+    "model": {
+        "cell": ("choice", ["gru", "rnn"]),
+        "dim": ("choice", [64, 128, 256]),
+        "hidden": ("choice", [64, 128, 256]),
+        "dropout": ("uniform", 0.1, 0.6),
+        "id_dropout": ("uniform", 0.0, 0.3),
+    },
+    "train": {
+        "lr": ("loguniform", 5e-4, 1e-2),
+        "batch_size": ("choice", [32, 64, 128]),
+        "weight_decay": ("loguniform", 1e-6, 1e-3),
+    },
+}
+
+
 class RNNRecommender(nn.Module):
     Config = RNNConfig
     temperature = 1.0

@@ -12,6 +12,7 @@ COMMANDS = {
     "demo-data": ("musicray.cli", "write the synthetic demo catalog and listening sessions"),
     "extract": ("ray_jobs.extract", "extract audio features from a catalog into the workspace"),
     "train": ("ray_jobs.train", "train the recommenders or the music generator with Ray Train"),
+    "tune": ("ray_jobs.tune", "search hyperparameters of a model with Ray Tune (ASHA, Optuna); best config for train"),
     "evaluate": ("ray_jobs.evaluate", "score the models on held-out sessions and tracks against baselines"),
     "generate": ("ray_jobs.generate", "continue a seed clip with the trained generator, write audio"),
     "refresh": ("ray_jobs.refresh", "extract, embed the catalog with every model, index it, publish a snapshot"),

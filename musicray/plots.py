@@ -67,3 +67,22 @@ def track_maps(spaces: dict[str, np.ndarray], labels: list[str], uri: str) -> No
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colour[n], label=n) for n in names]
     figure.legend(handles=handles, loc="lower center", ncol=min(len(names), 8))
     save(figure, uri)
+
+
+def search_curves(curves: dict[str, list[tuple[int, float]]], metric: str, best: str, uri: str) -> None:
+    """A hyperparameter search: ``metric`` of every trial after each epoch (trial id -> [(epochs, value)]).
+
+    A line that ends early is a trial the scheduler stopped; the best trial is drawn thick.
+    """
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    for trial, curve in sorted(curves.items()):
+        if not curve:
+            continue
+        epochs, values = zip(*curve)
+        axis.plot(epochs, values, marker="o", markersize=3, linewidth=2.5 if trial == best else 1.0,
+                  color="tab:red" if trial == best else None, alpha=1.0 if trial == best else 0.6,
+                  label=f"{trial} (best)" if trial == best else trial)
+    axis.set(xlabel="epochs trained", ylabel=metric, title=f"{metric} of every trial (early stops end early)")
+    axis.xaxis.get_major_locator().set_params(integer=True)
+    axis.legend(fontsize=7, ncol=2)
+    save(figure, uri)

@@ -85,12 +85,15 @@ def parse_model_config(parser: argparse.ArgumentParser, items: list[str]) -> dic
     return config
 
 
-def run_config(root: str, model: str, run_id: str, max_failures: int, metric: str, mode: str) -> ray.train.RunConfig:
-    """Where a training run keeps its checkpoints (``<root>/models/<model>/<run_id>/``, the two best
-    by ``metric`` kept), and how often a failed worker is retried."""
-    fs, path = storage.resolve(storage.join(root, "models", model))
+def run_config(storage_uri: str, run_id: str, max_failures: int, metric: str, mode: str,
+               callbacks: list | None = None) -> ray.train.RunConfig:
+    """Where a training run keeps its checkpoints (``<storage_uri>/<run_id>/``, the two best by
+    ``metric`` kept), and how often a failed worker is retried. The training jobs store runs in
+    ``<root>/models/<model>``, the search in ``<root>/tune/<search>/runs``; ``callbacks`` are Ray
+    Train callbacks (the search's report to Tune)."""
+    fs, path = storage.resolve(storage_uri)
     return ray.train.RunConfig(
-        name=run_id, storage_path=path, storage_filesystem=fs,
+        name=run_id, storage_path=path, storage_filesystem=fs, callbacks=callbacks,
         failure_config=ray.train.FailureConfig(max_failures=max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
                                                      checkpoint_score_order=mode),
@@ -115,3 +118,24 @@ def publish_best(result: ray.train.Result, root: str, model: str, run_id: str, m
         with open(os.path.join(directory, "config.json")) as f:
             history = json.load(f)["history"]
     return best_meta["metrics"], history
+
+
+def best_config_uri(root: str, model: str) -> str:
+    """Where ``musicray tune`` writes the best config it found, and ``musicray train`` reads it."""
+    return storage.join(root, "models", model, "best_config.json")
+
+
+def read_best_config(root: str, model: str) -> dict | None:
+    """The best config a search wrote for ``model``: its training settings under ``train``, its
+    model config fields under ``model_config``; None when no search has written one."""
+    uri = best_config_uri(root, model)
+    if not storage.exists(uri):
+        return None
+    try:
+        best = json.loads(storage.read_text(uri))
+        if not isinstance(best.get("train"), dict) or not isinstance(best.get("model_config"), dict):
+            raise ValueError("it lacks the 'train' and 'model_config' objects")
+    except ValueError as error:  # a JSONDecodeError is a ValueError
+        raise ValueError(f"best config {uri} is not a musicray tune result ({error}); fix or delete it, "
+                         f"or pass --no-best-config") from None
+    return best

@@ -2,9 +2,10 @@
 
     python -m ray_jobs.quickstart [--demo ./demo] [--root ./workspace] [--tracks 300 --users 500 --seed 0]
 
-The refresh stage publishes the first embedding snapshot (vectors + indexes) of the demo catalog;
-the last stage serves it with Ray Serve, sends one recommendation and one generation request,
-prints both answers and shuts the endpoints down.
+A small hyperparameter search (4 LSTM configs, 2 epochs, ASHA) follows the training. The refresh
+stage publishes the first embedding snapshot (vectors + indexes) of the demo catalog; the last
+stage serves it with Ray Serve, sends one recommendation and one generation request, prints both
+answers and shuts the endpoints down.
 Each stage prints one line when it starts and its duration when it ends; a summary closes
 the run. Re-running reuses the demo catalog (same arguments) and the extracted features.
 """
@@ -50,6 +51,19 @@ def stage_train(args) -> str:
     results = [run_train(name, args.root, _demo_file(args, "sessions_train.parquet"), settings=settings)
                for name in RECOMMENDERS]
     return "; ".join(f"{r.model} val MRR@20 {r.best['val_MRR@20']:.3f}" for r in results)
+
+
+def stage_tune(args) -> str:
+    from ray_jobs.tune import run_tune
+
+    # A small search: a few LSTM configs, two epochs each, ASHA stopping the weaker after one.
+    # Named, so that a re-run resumes it (nothing left to run) instead of searching again.
+    outcome = run_tune("lstm", args.root, _demo_file(args, "sessions_train.parquet"), samples=args.tune_samples,
+                       name="quickstart", epochs=args.tune_epochs, seed=args.seed)
+    best = outcome.best
+    print(f"  best config: {json.dumps({'train': best['train'], 'model_config': best['model_config']})}")
+    return (f"{len(outcome.trials)} LSTM trials, {outcome.epochs_spent} trial-epochs; best val MRR@20 "
+            f"{best['value']:.3f} (trial {best['trial_id']}); report in {outcome.report_dir}/report.md")
 
 
 def stage_generate(args) -> str:
@@ -146,6 +160,7 @@ STAGES = [
     ("demo-data", stage_demo_data),
     ("extract", stage_extract),
     ("train", stage_train),
+    ("tune", stage_tune),
     ("generate", stage_generate),
     ("evaluate", stage_evaluate),
     ("refresh", stage_refresh),
@@ -161,6 +176,8 @@ def main(argv=None) -> int:
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=12, help="training epochs per recommender (default 12)")
+    parser.add_argument("--tune-samples", type=int, default=4, help="trials of the LSTM search (default 4)")
+    parser.add_argument("--tune-epochs", type=int, default=2, help="most epochs per search trial (default 2)")
     parser.add_argument("--generator-epochs", type=int, default=3,
                         help="training epochs of the music generator (default 3: a brief run)")
     parser.add_argument("--generation-tracks", type=int, default=16,

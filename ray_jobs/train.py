@@ -2,6 +2,7 @@
 
     python -m ray_jobs.train --model {lstm,rnn,dnn,autoencoder,all} --root ROOT --sessions LOG
                              [--workers N] [--gpu] [--epochs E] [--run-name NAME] [--set FIELD=VALUE]
+                             [--lr LR] [--batch-size B] [--weight-decay WD] [--no-best-config]
     python -m ray_jobs.train --model generator --root ROOT [...]   (ray_jobs/train_generator.py)
 
 For the recommenders, the latest sessions of the log (``--validation-fraction``) are held out; after every epoch
@@ -9,6 +10,10 @@ rank 0 ranks the whole catalog for every validation position and reports MRR@20,
 picks the best checkpoint. Checkpoints live under ``<root>/models/<model>/<run>/``; the best
 one is copied to ``<run>/model/`` and ``<root>/models/<model>/LATEST`` names the run last.
 Re-running with the same ``--run-name`` resumes from the run's latest checkpoint.
+
+When ``musicray tune`` has written ``<root>/models/<model>/best_config.json``, its training
+settings and model config are the defaults; explicit flags override them, ``--no-best-config``
+ignores the file, and the job prints which config it used.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 
 import numpy as np
@@ -40,7 +45,7 @@ from musicray.content import TrackCatalog
 from musicray.evaluation import evaluate, make_examples
 from musicray.scoring import ModelScorer
 from musicray.sessions import load_log, session_arrays, split_by_time
-from ray_jobs.common import init_ray, parse_model_config, publish_best, run_config
+from ray_jobs.common import best_config_uri, init_ray, parse_model_config, publish_best, read_best_config, run_config
 
 SELECTION_METRIC = "val_MRR@20"
 
@@ -172,6 +177,35 @@ CHECKPOINT_FILES = {*MODEL_FILES, "training_weights.pt", "optimizer.pt"}
 # On the driver
 
 
+def worker_inputs(data: TrainingData) -> tuple[dict, pd.DataFrame]:
+    """What every worker reads from the object store (the catalog's content, the vocabulary, the
+    held-out sessions), and the training sessions as a table for Ray Data."""
+    catalog, vocabulary = data.catalog, data.vocabulary
+    shared = {"content": catalog.content, "ids": catalog.vocabulary_ids(vocabulary),
+              "play_counts": torch.from_numpy(data.play_counts), "track_ids": catalog.track_ids,
+              "vocabulary": vocabulary, "validation": data.validation}
+    return shared, pd.DataFrame({k: list(v) for k, v in data.arrays.items()})
+
+
+def full_model_config(data: TrainingData, model_config: dict | None) -> dict:
+    """A model config with the fields the data decides (feature width, vocabulary size)."""
+    return {**(model_config or {}), "content_dim": data.catalog.content.shape[1], "n_ids": len(data.vocabulary)}
+
+
+def make_trainer(model: str, model_config: dict, settings: TrainSettings, shared: ray.ObjectRef,
+                 sessions_table: pd.DataFrame, sessions: str, run_uri: str, run_config: ray.train.RunConfig,
+                 scaling_config: ScalingConfig | None = None, crash_after_epoch: int | None = None) -> TorchTrainer:
+    """One recommender's Ray Train run: ``run_train`` fits one, every trial of a search another."""
+    return TorchTrainer(
+        train_loop,
+        train_loop_config={"model": model, "model_config": model_config, "settings": settings, "shared": shared,
+                           "sessions": sessions, "run_uri": run_uri, "crash_after_epoch": crash_after_epoch},
+        scaling_config=scaling_config or ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpu),
+        run_config=run_config,
+        datasets={"train": ray.data.from_pandas(sessions_table)},
+    )
+
+
 def run_train(model: str, root: str, sessions: str, *, settings: TrainSettings = TrainSettings(),
               run_id: str | None = None, model_config: dict | None = None,
               crash_after_epoch: int | None = None) -> TrainResult:
@@ -179,23 +213,15 @@ def run_train(model: str, root: str, sessions: str, *, settings: TrainSettings =
     model_class(model)  # an unknown name fails here, before any work
     root = storage.normalize(root)
     data = prepare_data(root, sessions, settings.validation_fraction)
-    catalog, vocabulary = data.catalog, data.vocabulary
-    config = {**(model_config or {}), "content_dim": catalog.content.shape[1], "n_ids": len(vocabulary)}
     run_id = run_id or f"{model}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
 
     init_ray()
-    shared = ray.put({"content": catalog.content, "ids": catalog.vocabulary_ids(vocabulary),
-                      "play_counts": torch.from_numpy(data.play_counts), "track_ids": catalog.track_ids,
-                      "vocabulary": vocabulary, "validation": data.validation})
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"model": model, "model_config": config, "settings": settings, "shared": shared,
-                           "sessions": sessions, "run_uri": storage.join(root, "models", model, run_id),
-                           "crash_after_epoch": crash_after_epoch},
-        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpu),
-        run_config=run_config(root, model, run_id, settings.max_failures, SELECTION_METRIC, "max"),
-        datasets={"train": ray.data.from_pandas(pd.DataFrame({k: list(v) for k, v in data.arrays.items()}))},
-    )
+    shared, sessions_table = worker_inputs(data)
+    models_uri = storage.join(root, "models", model)
+    trainer = make_trainer(model, full_model_config(data, model_config), settings, ray.put(shared), sessions_table,
+                           sessions, storage.join(models_uri, run_id),
+                           run_config(models_uri, run_id, settings.max_failures, SELECTION_METRIC, "max"),
+                           crash_after_epoch=crash_after_epoch)
     best, history = publish_best(trainer.fit(), root, model, run_id, SELECTION_METRIC, "max")
     return TrainResult(model, run_id, best, history, data.dropped_plays)
 
@@ -215,6 +241,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, help=f"default {TrainSettings.batch_size} "
                                                        f"({GeneratorSettings.batch_size} crops for the generator)")
     parser.add_argument("--lr", type=float, help=f"default {TrainSettings.lr} ({GeneratorSettings.lr} for the generator)")
+    parser.add_argument("--weight-decay", type=float, help=f"default {TrainSettings.weight_decay}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-failures", type=int, default=TrainSettings.max_failures)
     parser.add_argument("--full-softmax-max-tracks", type=int, default=TrainSettings.full_softmax_max_tracks)
@@ -223,33 +250,74 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--run-name", help="re-use a name to resume that run")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="a model config field, e.g. --set dim=128 (repeatable)")
+    parser.add_argument("--no-best-config", action="store_true",
+                        help="ignore <root>/models/<model>/best_config.json (written by musicray tune)")
     args = parser.parse_args(argv)
     if args.model not in GENERATORS and not args.sessions:
         parser.error(f"--sessions is required to train {args.model!r}")
-    defaults = GeneratorSettings if args.model in GENERATORS else TrainSettings
-    for name in ("epochs", "batch_size", "lr"):
-        if getattr(args, name) is None:
-            setattr(args, name, getattr(defaults, name))
-    if min(args.workers, args.epochs, args.batch_size, args.crop_frames) < 1:
+    given = [v for v in (args.epochs, args.batch_size) if v is not None]
+    if min([args.workers, args.crop_frames, *given]) < 1:
         parser.error("--workers, --epochs, --batch-size and --crop-frames must be >= 1")
     args.model_config = parse_model_config(parser, args.set)
     return args
 
 
+# settings that a best_config.json may set and a flag of the same name overrides
+SEARCHABLE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay")
+
+
+def configure(args: argparse.Namespace, model: str):
+    """The training settings and model config one model trains with, and a line saying where they came from.
+
+    Precedence: the settings' defaults, then ``<root>/models/<model>/best_config.json`` as
+    ``musicray tune`` wrote it (unless ``--no-best-config``), then the explicit flags
+    (``--lr``, ``--batch-size``, ``--weight-decay``, ``--epochs``, ``--set FIELD=VALUE``).
+    """
+    from ray_jobs.train_generator import GeneratorSettings
+
+    best = None if args.no_best_config else read_best_config(args.root, model)
+    explicit = {name: getattr(args, name) for name in SEARCHABLE_FLAGS if getattr(args, name) is not None}
+    common = {"workers": args.workers, "gpu": args.gpu, "max_failures": args.max_failures, "seed": args.seed}
+    if model in GENERATORS:
+        settings_class, common["crop_frames"] = GeneratorSettings, args.crop_frames
+    else:
+        settings_class, common["full_softmax_max_tracks"] = TrainSettings, args.full_softmax_max_tracks
+    searched = dict(best["train"]) if best else {}
+    unknown = sorted(set(searched) - {f.name for f in fields(settings_class)})
+    if unknown:
+        raise ValueError(f"best config {best_config_uri(args.root, model)} sets unknown training setting(s) "
+                         f"{unknown}; fix or delete it, or pass --no-best-config")
+    settings = settings_class(**{**common, **searched, **explicit})
+    model_config = {**(best["model_config"] if best else {}), **args.model_config}
+
+    overrides = [f"--{name.replace('_', '-')}" for name in explicit] + [f"--set {k}" for k in args.model_config]
+    if best:
+        source = (f"{model}: config from {best_config_uri(args.root, model)} (search {best['search']!r}, "
+                  f"{best['metric']} {best['value']:.4f})")
+        if overrides:
+            source += f", overridden by {', '.join(overrides)}"
+    else:
+        why = "--no-best-config" if args.no_best_config else f"no {best_config_uri(args.root, model)}"
+        source = f"{model}: default config ({why})" + (f" with {', '.join(overrides)}" if overrides else "")
+    return settings, model_config, source
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.model in GENERATORS:
-        from ray_jobs.train_generator import train_from_args
-
-        return train_from_args(args)
-    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, workers=args.workers,
-                             gpu=args.gpu, max_failures=args.max_failures, seed=args.seed,
-                             full_softmax_max_tracks=args.full_softmax_max_tracks)
     names = list(RECOMMENDERS) if args.model == "all" else [args.model]
     for name in names:
         try:
+            settings, model_config, source = configure(args, name)
+            print(source)
+            if name in GENERATORS:
+                from ray_jobs.train_generator import run_train_generator, summary
+
+                result = run_train_generator(args.root, settings=settings, run_id=args.run_name,
+                                             model_config=model_config)
+                print(summary(result))
+                continue
             result = run_train(name, args.root, args.sessions, settings=settings, run_id=args.run_name,
-                               model_config=args.model_config)
+                               model_config=model_config)
         except (ValueError, FileNotFoundError) as error:
             print(f"musicray train: error: {error}", file=sys.stderr)
             return 2

@@ -22,9 +22,7 @@ counter continuing); a failed worker is retried up to ``--max-failures`` times.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -250,10 +248,10 @@ def codebook_frames(root: str, train_ids: list[str], settings: GeneratorSettings
     return torch.from_numpy(frames)
 
 
-def initial_model(root: str, run_uri: str, train_ids: list[str], labels: list[str], settings: GeneratorSettings,
-                  model_config: dict) -> LSTMGenerator:
+def initial_model(root: str, run_uri: str | None, train_ids: list[str], labels: list[str],
+                  settings: GeneratorSettings, model_config: dict) -> LSTMGenerator:
     """A resumed run's model as its newest checkpoint holds it; else a fresh one with a fitted codebook."""
-    resume_from = newest_checkpoint(run_uri, CHECKPOINT_FILES)
+    resume_from = newest_checkpoint(run_uri, CHECKPOINT_FILES) if run_uri else None
     if resume_from:
         model, _, _ = read_model_files(resume_from)
         saved = asdict(model.config)
@@ -275,13 +273,40 @@ def initial_model(root: str, run_uri: str, train_ids: list[str], labels: list[st
     return model
 
 
-def run_train_generator(root: str, *, settings: GeneratorSettings = GeneratorSettings(), run_id: str | None = None,
-                        model_config: dict | None = None, crash_after_epoch: int | None = None,
-                        progress=print) -> GeneratorTrainResult:
-    """Train the generator on the workspace's features; publish its best checkpoint and LATEST."""
-    root = storage.normalize(root)
+# Fields of the generator's config that come from the workspace or the fitted codebook.
+WORKSPACE_FIELDS = ("labels", "n_mels", "sample_rate", "hop_length")
+CODEBOOK_FIELDS = ("codebook_size", *WORKSPACE_FIELDS)
+
+
+def with_config(model: LSTMGenerator, overrides: dict, seed: int) -> LSTMGenerator:
+    """A fresh generator with ``model``'s codebook and framing and other fields of ``overrides``
+    (a search trial's config): every trial of a search shares one codebook and one tokenised dataset."""
+    fixed = sorted(set(overrides) & set(CODEBOOK_FIELDS))
+    if fixed:
+        raise ValueError(f"generator config field(s) {fixed} are fixed by the codebook and workspace; "
+                         f"they cannot vary between trials")
+    torch.manual_seed(seed)
+    fresh: LSTMGenerator = build(MODEL_NAME, **{**asdict(model.config), **overrides})
+    for name in ("codebook", "mel_mean", "mel_std"):
+        getattr(fresh, name).copy_(getattr(model, name))
+    return fresh
+
+
+@dataclass
+class GeneratorInputs:
+    """What the driver prepares once for the generator's training: a run's or every trial's."""
+    model: LSTMGenerator  # codebook fitted (or a resumed run's model)
+    validation: dict[str, np.ndarray]  # tokens of the held-out tracks, scored by rank 0
+    dataset: ray.data.Dataset  # token rows of the training tracks, materialized
+    train_tracks: int
+    validation_tracks: int
+
+
+def prepare_generator(root: str, settings: GeneratorSettings, model_config: dict | None, run_uri: str | None,
+                      progress=print) -> GeneratorInputs:
+    """Split the tracks, fit the codebook (or take a resumed run's), tokenise the training tracks with Ray Data."""
     model_config = dict(model_config or {})
-    for reserved in ("labels", "n_mels", "sample_rate", "hop_length"):
+    for reserved in WORKSPACE_FIELDS:
         if reserved in model_config:
             raise ValueError(f"generator config field {reserved!r} comes from the workspace and cannot be set")
     index = read_features(root, columns=["track_id", "crop_frames", "extracted_at"])
@@ -293,8 +318,6 @@ def run_train_generator(root: str, *, settings: GeneratorSettings = GeneratorSet
     train_ids, held_out = split_tracks(ids, settings.validation_fraction)
     labels_by_track = track_labels(root)
     labels = sorted(set(labels_by_track.get(t) for t in ids) - {None})
-    run_id = run_id or f"{MODEL_NAME}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
-    run_uri = storage.join(root, "models", MODEL_NAME, run_id)
 
     started = time.perf_counter()
     model = initial_model(root, run_uri, train_ids, labels, settings, model_config)
@@ -306,26 +329,41 @@ def run_train_generator(root: str, *, settings: GeneratorSettings = GeneratorSet
     stamps = index.column("extracted_at").cast(pa.int64()).to_pylist()
     tracks = {t: (s, label_rows[t]) for t, s in zip(ids, stamps) if t in training}
     validation = validation_rows(root, model, held_out, label_rows, settings.validation_tracks)
-
     init_ray()
-    trainer = TorchTrainer(
+    dataset = training_dataset(root, model, tracks, settings.crops_per_track)
+    return GeneratorInputs(model, validation, dataset, len(train_ids), len(held_out))
+
+
+def make_trainer(model: LSTMGenerator, validation: ray.ObjectRef, dataset: ray.data.Dataset,
+                 settings: GeneratorSettings, run_uri: str, run_config: ray.train.RunConfig,
+                 scaling_config: ScalingConfig | None = None, crash_after_epoch: int | None = None) -> TorchTrainer:
+    """One Ray Train run of the generator: ``run_train_generator`` fits one, every trial of a search another."""
+    return TorchTrainer(
         train_loop,
         train_loop_config={"model_config": asdict(model.config), "initial_state": ray.put(model.state_dict()),
-                           "validation": ray.put(validation), "settings": settings, "run_uri": run_uri,
+                           "validation": validation, "settings": settings, "run_uri": run_uri,
                            "crash_after_epoch": crash_after_epoch},
-        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpu),
-        run_config=run_config(root, MODEL_NAME, run_id, settings.max_failures, SELECTION_METRIC, "min"),
-        datasets={"train": training_dataset(root, model, tracks, settings.crops_per_track)},
+        scaling_config=scaling_config or ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpu),
+        run_config=run_config,
+        datasets={"train": dataset},
     )
+
+
+def run_train_generator(root: str, *, settings: GeneratorSettings = GeneratorSettings(), run_id: str | None = None,
+                        model_config: dict | None = None, crash_after_epoch: int | None = None,
+                        progress=print) -> GeneratorTrainResult:
+    """Train the generator on the workspace's features; publish its best checkpoint and LATEST."""
+    root = storage.normalize(root)
+    run_id = run_id or f"{MODEL_NAME}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
+    models_uri = storage.join(root, "models", MODEL_NAME)
+    run_uri = storage.join(models_uri, run_id)
+    inputs = prepare_generator(root, settings, model_config, run_uri, progress)
+    trainer = make_trainer(inputs.model, ray.put(inputs.validation), inputs.dataset, settings, run_uri,
+                           run_config(models_uri, run_id, settings.max_failures, SELECTION_METRIC, "min"),
+                           crash_after_epoch=crash_after_epoch)
     best, history = publish_best(trainer.fit(), root, MODEL_NAME, run_id, SELECTION_METRIC, "min")
-    return GeneratorTrainResult(run_id, best, history, len(train_ids), len(held_out),
-                                list(model.config.labels))
-
-
-def settings_from_args(args: argparse.Namespace) -> GeneratorSettings:
-    """Settings from ``musicray train``'s parsed arguments."""
-    names = ("epochs", "batch_size", "lr", "workers", "gpu", "max_failures", "crop_frames", "seed")
-    return GeneratorSettings(**{name: getattr(args, name) for name in names})
+    return GeneratorTrainResult(run_id, best, history, inputs.train_tracks, inputs.validation_tracks,
+                                list(inputs.model.config.labels))
 
 
 def summary(result: GeneratorTrainResult) -> str:
@@ -333,15 +371,3 @@ def summary(result: GeneratorTrainResult) -> str:
     return (f"generator {result.run_id}: best epoch {best['epoch']} of {len(result.history)}, "
             f"val loss {best[SELECTION_METRIC]:.3f} nats/frame; {result.train_tracks} training, "
             f"{result.validation_tracks} held-out tracks")
-
-
-def train_from_args(args: argparse.Namespace) -> int:
-    """``musicray train --model generator``: ``ray_jobs.train`` parses the arguments."""
-    try:
-        result = run_train_generator(args.root, settings=settings_from_args(args), run_id=args.run_name,
-                                     model_config=args.model_config)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"musicray train: error: {error}", file=sys.stderr)
-        return 2
-    print(summary(result))
-    return 0

@@ -49,7 +49,9 @@ def ray_cluster(s3_endpoint):
     import ray
     from ray.data import DataContext
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    # The dashboard serves the State API, through which Ray Train frees the workers of a run whose
+    # controller was killed (a trial that Tune's scheduler stops): without it their CPUs stay taken.
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False,
              object_store_memory=1_000_000_000)
     DataContext.get_current().enable_progress_bars = False
     yield
