@@ -543,6 +543,22 @@ def _with_error_handlers(app: FastAPI) -> FastAPI:
     return app
 
 
+def _with_health_routes(app: FastAPI, service, served: str) -> FastAPI:
+    """GET /healthz and GET /version of either app; ``served`` documents what /version reports."""
+
+    @app.get("/healthz")
+    async def healthz():
+        """200 while the replica follows LATEST; 503 once it cannot."""
+        health = service.health()
+        return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
+
+    @app.get("/version", description=served)
+    async def version():
+        return service.version()
+
+    return app
+
+
 def recommend_api(service: RecommendService) -> FastAPI:
     """The recommend app: POST /recommend, GET /similar/{track_id}, GET /tracks/{track_id}, /healthz, /version."""
     app = _with_error_handlers(FastAPI(
@@ -566,18 +582,7 @@ def recommend_api(service: RecommendService) -> FastAPI:
         """A served track's catalog metadata, and which models saw it played."""
         return service.track(track_id)
 
-    @app.get("/healthz")
-    async def healthz():
-        """200 while the replica follows LATEST; 503 once it cannot."""
-        health = service.health()
-        return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
-
-    @app.get("/version")
-    async def version():
-        """The snapshot and the model runs being served."""
-        return service.version()
-
-    return app
+    return _with_health_routes(app, service, "The snapshot and the model runs being served.")
 
 
 _ERRORS = {404: {"description": "unknown track id (named in the body)"},
@@ -607,16 +612,7 @@ def generate_api(service: GenerateService) -> FastAPI:
         audio = await service.generate(body, upload)
         return Response(audio.data, media_type=audio.media_type, headers=audio.headers)
 
-    @app.get("/healthz")
-    async def healthz():
-        """200 while the replica follows LATEST; 503 once it cannot."""
-        health = service.health()
-        return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
-
-    @app.get("/version")
-    async def version():
-        """The generator run being served."""
-        return service.version()
+    _with_health_routes(app, service, "The generator run being served.")
 
     # Referenced by the request body above, which FastAPI cannot infer from a raw Request.
     original = app.openapi
