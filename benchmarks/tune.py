@@ -1,6 +1,6 @@
 """ASHA against running every trial to the end, on the same sampled configs.
 
-    python -m benchmarks.tune --root ROOT --sessions LOG [--model lstm] [--samples 8] [--epochs 6] [--seed 0]
+    python -m benchmarks.tune --root ROOT --sessions LOG [--model lstm] [--samples 16] [--epochs 6] [--seed 0]
 
 Draws ``--samples`` configs from the model's search space (seeded), then runs them twice with
 ``ray_jobs.tune.run_tune``: once with the ASHA scheduler, once FIFO (every trial trains all
@@ -24,7 +24,7 @@ def main(argv=None) -> None:
     parser.add_argument("--root", default="workspace")
     parser.add_argument("--sessions", default="demo/sessions_train.parquet")
     parser.add_argument("--model", default="lstm")
-    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--grace-period", type=int, default=1)
     parser.add_argument("--reduction-factor", type=int, default=2)
