@@ -7,7 +7,9 @@ into a fresh workspace holding a copy of the trained models of ``--models-from``
   full         an empty workspace: every track is decoded and extracted, then embedded and indexed;
   incremental  ``--change`` (5%) of the tracks get new audio: only those are decoded again, every
                unchanged file is still read and hashed (a local manifest has no ETags; an S3
-               prefix skips them unread), and the whole catalog is embedded and indexed again.
+               prefix skips them unread), the feature files holding replaced rows are rewritten,
+               only the changed tracks are embedded (the others keep the previous snapshot's
+               vectors: same models), and every index is built again.
 Prints both times per stage and the ratio; target: incremental <= 20% of full.
 """
 

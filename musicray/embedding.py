@@ -3,7 +3,9 @@
 A track's vector is ``model.track_vectors(content, id)``: its audio-content projection plus the
 ID embedding learned from plays, or the audio part alone for a track nobody has played yet
 (cold start). The refresh job runs ``TrackEmbedder`` on an actor pool, so each actor loads the
-models once and then streams batches through them.
+models once and then streams batches through them. A vector depends only on the track's feature
+row and the model run, so each vector row carries the ``extracted_at`` of the feature row it was
+computed from: the next refresh reuses it while both are unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from musicray.content import CONTENT_COLUMNS, content_matrix, vocabulary_ids, vo
 # The recommenders score ``query @ track_vectors.T``: inner product. The autoencoder's vectors are
 # unit length and it recommends by latent similarity: cosine.
 METRICS = {"autoencoder": "cosine"}
-INPUT_COLUMNS = ["track_id", *CONTENT_COLUMNS]
+INPUT_COLUMNS = ["track_id", "extracted_at", *CONTENT_COLUMNS]
 
 
 def index_metric(model: str) -> str:
@@ -36,7 +38,8 @@ def latest_runs(root: str) -> dict[str, str]:
 
 
 def vector_schema(dims: dict[str, int]) -> pa.Schema:
-    fields = [pa.field("track_id", pa.string(), nullable=False)]
+    fields = [pa.field("track_id", pa.string(), nullable=False),
+              pa.field("extracted_at", pa.timestamp("us", tz="UTC"), nullable=False)]  # of the feature row
     for name, dim in dims.items():
         fields += [pa.field(name, pa.list_(pa.float32(), dim), nullable=False),
                    pa.field(f"{name}_run", pa.dictionary(pa.int32(), pa.string()), nullable=False)]
@@ -44,7 +47,7 @@ def vector_schema(dims: dict[str, int]) -> pa.Schema:
 
 
 class TrackEmbedder:
-    """Feature rows (Arrow: track_id + content columns) -> track_id, one vector per model, run ids."""
+    """Feature rows (Arrow: ``INPUT_COLUMNS``) -> track_id, extracted_at, one vector per model, run ids."""
 
     def __init__(self, root: str, runs: dict[str, str], device: str = "cpu"):
         if device == "cpu":
@@ -65,7 +68,8 @@ class TrackEmbedder:
     def __call__(self, batch: pa.Table) -> pa.Table:
         track_ids = batch.column("track_id").to_pylist()
         content = torch.from_numpy(content_matrix(batch)).to(self.device)
-        arrays = [pa.array(track_ids, pa.string())]
+        extracted_at = batch.column("extracted_at").cast(self.schema.field("extracted_at").type).combine_chunks()
+        arrays = [pa.array(track_ids, pa.string()), extracted_at]
         for name, trained in self.models.items():
             ids = vocabulary_ids(track_ids, self.positions[name]).to(self.device)
             vectors = trained.model.track_vectors(content, ids).float().cpu().numpy()

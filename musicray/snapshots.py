@@ -95,11 +95,16 @@ class Snapshot:
 
     def vectors(self, columns: list[str] | None = None) -> pa.Table:
         """The Parquet rows of the snapshot (the files the manifest lists), sorted by track id."""
+        table = self._vector_files().to_table(columns=columns)
+        return table.sort_by("track_id") if "track_id" in table.column_names else table
+
+    def vector_columns(self) -> list[str]:
+        return self._vector_files().schema.names
+
+    def _vector_files(self) -> pads.Dataset:
         files = [storage.join(self.uri, f) for f in self.manifest["files"]]
         fs, _ = storage.resolve(files[0])
-        table = pads.dataset([storage.resolve(f)[1] for f in files], filesystem=fs, format="parquet").to_table(
-            columns=columns)
-        return table.sort_by("track_id") if "track_id" in table.column_names else table
+        return pads.dataset([storage.resolve(f)[1] for f in files], filesystem=fs, format="parquet")
 
     def index(self, model: str) -> TrackIndex:
         if model not in self.manifest["models"]:

@@ -304,20 +304,32 @@ def _retire_replaced_rows(old_files: list[str], kept_ids: set[str]) -> None:
 
     A row survives only if its track was skipped as unchanged in this run; rows of tracks
     that were re-extracted, failed or left the catalog go. New rows were written first, so
-    a reader never loses a track whose extraction succeeded.
+    a reader never loses a track whose extraction succeeded. Files that keep some rows are
+    rewritten in parallel Ray tasks: they carry the log-mel crops, the bulk of the table.
     """
     kept_set = pa.array(sorted(kept_ids), pa.string())
+    rewrites = []
     for uri in old_files:
         fs, path = storage.resolve(uri)
         ids = pq.read_table(path, filesystem=fs, columns=["track_id"]).column("track_id")  # not the log-mels
         kept = int(pc.sum(pc.is_in(ids, value_set=kept_set)).as_py() or 0)
-        if kept == len(ids):
-            continue
-        if kept:
-            table = pq.read_table(path, filesystem=fs)
-            keep = pc.is_in(table.column("track_id"), value_set=kept_set)
-            _write_parquet(uri.replace(".parquet", f"-c{uuid.uuid4().hex[:6]}.parquet"), table.filter(keep))
-        storage.delete(uri)
+        if kept == 0:
+            storage.delete(uri)
+        elif kept < len(ids):
+            rewrites.append(uri)
+    if rewrites:
+        init_ray()
+        rewrite = ray.remote(num_cpus=1)(_keep_rows)
+        ray.get([rewrite.remote(uri, kept_set) for uri in rewrites])
+
+
+def _keep_rows(uri: str, kept_set: pa.Array) -> None:
+    """Replace the part file ``uri`` by one holding only its rows of ``kept_set``'s tracks."""
+    fs, path = storage.resolve(uri)
+    table = pq.read_table(path, filesystem=fs)
+    keep = pc.is_in(table.column("track_id"), value_set=kept_set)
+    _write_parquet(uri.replace(".parquet", f"-c{uuid.uuid4().hex[:6]}.parquet"), table.filter(keep))
+    storage.delete(uri)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -5,7 +5,9 @@
 Stages (each prints its duration):
 
     extract   incremental feature extraction (only new or changed tracks are decoded)
-    embed     features -> each model's track vectors, Ray Data on an actor pool -> vectors/*.parquet
+    embed     features -> each model's track vectors, Ray Data on an actor pool -> vectors/*.parquet;
+              a track whose feature row and model runs are those of the previous snapshot keeps
+              its vectors from there (a vector depends on nothing else), so only changes are embedded
     index     one nearest-neighbour index per model, built in parallel Ray tasks
     verify    manifest.json written, then the snapshot is loaded back and every count checked
     publish   <root>/embeddings/LATEST names the new snapshot (written last)
@@ -26,9 +28,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
 
@@ -47,6 +51,8 @@ class RefreshReport:
     snapshot_id: str
     extract: ExtractReport | None = None
     tracks: int = 0
+    embedded: int = 0  # tracks = embedded + reused
+    reused: int = 0
     models: dict = field(default_factory=dict)
     published: bool = False
     pruned: list[str] = field(default_factory=list)
@@ -54,8 +60,9 @@ class RefreshReport:
 
     def summary(self) -> str:
         e = self.extract
-        return (f"{e.total} in = {self.tracks} embedded + {e.failed} failed extraction "
-                f"({e.done} extracted, {e.skipped} unchanged); {len(self.models)} models")
+        return (f"{e.total} in = {self.tracks} in the snapshot + {e.failed} failed extraction "
+                f"({e.done} extracted, {e.skipped} unchanged; {self.embedded} embedded, {self.reused} vectors "
+                f"reused); {len(self.models)} models")
 
 
 def run_refresh(catalog: str, root: str, *, gpu: bool = False, keep: int = 3, batch_size: int = BATCH_SIZE,
@@ -86,12 +93,18 @@ def _refresh(catalog: str, root: str, gpu: bool, keep: int, batch_size: int,
     report.extract = run_extract(catalog, root, gpu=gpu)
     began = stage("extract", began)
 
-    rows, superseded = _current_features(root)
+    rows = _current_features(root)
     report.tracks = rows.num_rows
     if report.extract.total != report.tracks + report.extract.failed:
         raise RuntimeError(f"refresh would lose tracks: {report.summary()}; was {root} extracted from another "
                            f"catalog at the same time?")
-    _embed(root, sid, runs, rows, superseded, gpu, batch_size)
+    previous, reusable = _reusable_vectors(root, runs, rows)
+    todo = rows.join(reusable, keys=KEY, join_type="left anti")
+    report.embedded, report.reused = todo.num_rows, reusable.num_rows
+    copies = _carry_over(previous, reusable, snapshots.vectors_dir(root, sid)) if reusable.num_rows else []
+    if todo.num_rows:
+        _embed(root, sid, runs, todo, gpu, batch_size)
+    ray.get(copies)
     began = stage("embed", began)
 
     files = sorted(f.uri[len(snapshots.snapshot_dir(root, sid)) + 1:].replace("\\", "/")
@@ -111,6 +124,7 @@ def _refresh(catalog: str, root: str, gpu: bool, keep: int, batch_size: int,
                     "fingerprint": _fingerprint(rows)},
         "extract": {"run_id": report.extract.run_id, "done": report.extract.done,
                     "skipped": report.extract.skipped, "failed": report.extract.failed},
+        "embedded": report.embedded, "reused": {"tracks": report.reused, "from": previous.id if previous else None},
     })
     snapshots.verify(root, sid, report.tracks)
     began = stage("verify", began)
@@ -121,11 +135,14 @@ def _refresh(catalog: str, root: str, gpu: bool, keep: int, batch_size: int,
     return report
 
 
-def _current_features(root: str) -> tuple[pa.Table, pa.Table]:
-    """(current, superseded) feature rows: track_id, content_hash, extracted_at and file of each.
+KEY = ["track_id", "extracted_at"]  # a feature row; with the model runs, all a track's vectors depend on
+
+
+def _current_features(root: str) -> pa.Table:
+    """The current feature rows: track_id, content_hash, extracted_at and file of each.
 
     Two extractions at once can leave a track twice; the newest row is the current one (as in
-    ``read_features``), and superseded rows (usually none) are left out of the embedding.
+    ``read_features``), and superseded rows (usually none) are left out of the snapshot.
     """
     files = parquet_files(features_dir(root))
     if not files:
@@ -140,33 +157,77 @@ def _current_features(root: str) -> tuple[pa.Table, pa.Table]:
     ids = table.column("track_id")
     first = pa.array([True] * len(ids), pa.bool_())
     if len(ids) > 1:
-        first = pa.concat_arrays([pa.array([True]), pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).combine_chunks()])
-    return table.filter(first), table.filter(pc.invert(first))
+        later = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).combine_chunks()
+        first = pa.concat_arrays([pa.array([True]), later])
+    return table.filter(first)
 
 
-def _embed(root: str, sid: str, runs: dict[str, str], rows: pa.Table, superseded: pa.Table, gpu: bool,
-           batch_size: int) -> None:
+def _reusable_vectors(root: str, runs: dict[str, str],
+                      rows: pa.Table) -> tuple[snapshots.Snapshot | None, pa.Table]:
+    """The published snapshot and the ``KEY`` of each current row whose vectors it already holds.
+
+    Only a snapshot made by exactly the same model runs counts; after any retraining every track
+    is embedded again.
+    """
+    none = rows.select(KEY).slice(0, 0)
+    try:
+        previous = snapshots.latest_snapshot(root)
+    except snapshots.SnapshotError:
+        return None, none  # a broken publish is what this refresh replaces
+    if previous is None or {n: m["run"] for n, m in previous.manifest["models"].items()} != runs:
+        return None, none
+    if "extracted_at" not in previous.vector_columns():
+        return None, none  # written before vectors carried their feature row's time
+    return previous, rows.select(KEY).join(previous.vectors(KEY), keys=KEY, join_type="inner")
+
+
+def _embed(root: str, sid: str, runs: dict[str, str], todo: pa.Table, gpu: bool, batch_size: int) -> None:
     cpus, gpus = cluster_resources()
     if gpu and gpus == 0:
         raise RuntimeError("--gpu was given but the Ray cluster has no GPU")
-    files = sorted(set(rows.column("file").to_pylist()))
     fs, out = storage.resolve(snapshots.vectors_dir(root, sid))
     # select_columns is pushed down into the read: the log-mel crops are never loaded.
+    files = sorted(set(todo.column("file").to_pylist()))
+    batches = -(-todo.num_rows // batch_size)  # no more actors (each loads every model) than batches
     dataset = ray.data.read_parquet(files, filesystem=fs, include_paths=True).select_columns([*INPUT_COLUMNS, "path"])
-    if superseded.num_rows:
-        dataset = dataset.map_batches(_drop_superseded, fn_kwargs={"superseded": superseded.select(
-            ["track_id", "file"]).rename_columns(["track_id", "path"])}, batch_format="pyarrow")
+    # Keyed by file too: two extractions can leave the same row, same time, in two files.
+    wanted = todo.select(["track_id", "file"]).rename_columns(["track_id", "path"])
+    dataset = dataset.map_batches(_only, fn_kwargs={"wanted": wanted}, batch_format="pyarrow")
     resources = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": 1}
     dataset = dataset.map_batches(
         TrackEmbedder, fn_constructor_kwargs={"root": root, "runs": runs, "device": "cuda" if gpu else "cpu"},
         batch_size=batch_size, batch_format="pyarrow",
-        compute=ActorPoolStrategy(min_size=1, max_size=max(1, gpus if gpu else cpus)), **resources)
+        compute=ActorPoolStrategy(min_size=1, max_size=max(1, min(gpus if gpu else cpus, batches))), **resources)
     dataset.write_parquet(out, filesystem=fs)
 
 
-def _drop_superseded(batch: pa.Table, superseded: pa.Table) -> pa.Table:
-    # Keyed by file, not time: two extractions can leave the same row, same time, in two files.
-    return batch.join(superseded, keys=["track_id", "path"], join_type="left anti")
+def _carry_over(previous: snapshots.Snapshot, reusable: pa.Table, out_dir: str) -> list[ray.ObjectRef]:
+    """Copy the ``reusable`` rows of the previous snapshot into the new one, one Ray task per file.
+
+    Plain tasks rather than a Dataset: a filter and a copy, for which a pipeline's start-up
+    costs more than the work. Returns the tasks' refs, to wait for.
+    """
+    copy = ray.remote(num_cpus=1)(_copy_rows)
+    wanted = ray.put(reusable)
+    return [copy.remote(storage.join(previous.uri, f), storage.join(out_dir, f"reused-{i:05d}.parquet"), wanted)
+            for i, f in enumerate(previous.manifest["files"])]
+
+
+def _copy_rows(source: str, target: str, wanted: pa.Table) -> None:
+    fs, path = storage.resolve(source)
+    rows = _only(pq.read_table(path, filesystem=fs), wanted)
+    if rows.num_rows:
+        buffer = pa.BufferOutputStream()
+        pq.write_table(rows, buffer)
+        storage.write_bytes(target, buffer.getvalue().to_pybytes())
+
+
+def _only(batch: pa.Table, wanted: pa.Table) -> pa.Table:
+    """The rows of ``batch`` that match a row of ``wanted`` on all of its columns, in batch order."""
+    # Joined on the key columns alone: Arrow joins cannot carry the vector (fixed-size list) columns.
+    keys = batch.select(wanted.column_names).append_column("row", pa.array(np.arange(batch.num_rows)))
+    rows = keys.join(wanted, keys=wanted.column_names, join_type="left semi").column("row").to_numpy()
+    return batch.take(np.sort(rows))
 
 
 def _fingerprint(rows: pa.Table) -> str:

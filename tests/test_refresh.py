@@ -9,10 +9,13 @@ import time
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from musicray import checkpoints, snapshots, storage
 from ray_jobs import refresh
+from musicray.schemas import features_dir, parquet_files
 from ray_jobs.extract import run_extract
 from tests.conftest import audio_bytes
 from tests.workspace import MODELS, publish_models
@@ -30,11 +33,18 @@ def demo(ray_cluster, tmp_path_factory):
     return generate(folder / "demo", tracks=24, users=30, seed=2, seconds=3.0)
 
 
+@pytest.fixture(scope="module")
+def extracted(demo, tmp_path_factory):
+    root = tmp_path_factory.mktemp("extracted") / "ws"
+    run_extract(str(demo.manifest), str(root))
+    return root
+
+
 @pytest.fixture
-def workspace(demo, tmp_path):
+def workspace(demo, extracted, tmp_path):
     """A workspace with features and two trained models that saw only 16 of the 24 tracks played."""
     root = str(tmp_path / "ws")
-    run_extract(str(demo.manifest), root)
+    shutil.copytree(extracted, root)
     catalog = pd.read_parquet(demo.manifest)
     runs = publish_models(root, sorted(catalog["track_id"])[:16])
     return root, catalog, runs
@@ -53,7 +63,7 @@ def load_latest(root: str) -> snapshots.Snapshot:
 def test_refresh_publishes_a_snapshot_and_follows_catalog_changes(demo, workspace, tmp_path):
     root, catalog, runs = workspace
     first = refresh.run_refresh(str(demo.manifest), root, keep=2)
-    assert first.published and first.extract.skipped == 24 and first.tracks == 24
+    assert first.published and first.extract.skipped == 24 and first.tracks == first.embedded == 24
     snapshot = load_latest(root)
     assert snapshot.id == first.snapshot_id
     manifest = snapshot.manifest
@@ -77,18 +87,38 @@ def test_refresh_publishes_a_snapshot_and_follows_catalog_changes(demo, workspac
 
     second = refresh.run_refresh(str(folder / "catalog.parquet"), root, keep=2)
     assert second.published and second.extract.done == 1 and second.tracks == 23
+    # Only the new track is embedded: the others keep their vectors, as the same runs would give them.
+    assert (second.embedded, second.reused) == (1, 22)
     snapshot = load_latest(root)
+    assert snapshot.manifest["reused"] == {"tracks": 22, "from": first.snapshot_id}
     ids = snapshot.vectors(["track_id"]).column("track_id").to_pylist()
     assert "brand-new" in ids and not set(removed) & set(ids)
+    kept = table.filter(pc.invert(pc.is_in(table.column("track_id"), pa.array(removed))))
+    assert snapshot.vectors().filter(pc.is_in(snapshot.vectors().column("track_id"), kept.column("track_id"))).equals(
+        kept.select(snapshot.vector_columns()))
     assert snapshot.manifest["catalog"]["fingerprint"] != manifest["catalog"]["fingerprint"]
     # Cold start: the new track has an audio-only vector, and its neighbours can be asked for.
     index = snapshot.index("autoencoder")
     top, _ = index.query(index.vector("brand-new"), k=1)
     assert top == ["brand-new"] and len(index.neighbours("brand-new", k=5)[0]) == 5
 
+    # A retrained model (a new run) means every track is embedded again.
+    retrained = publish_models(root, sorted(catalog["track_id"])[:16], run="r2", models=("lstm",))
     third = refresh.run_refresh(str(folder / "catalog.parquet"), root, keep=1)
+    assert (third.embedded, third.reused) == (23, 0)
+    assert set(load_latest(root).vectors(["lstm_run"]).column("lstm_run").to_pylist()) == {retrained["lstm"]}
     assert set(third.pruned) == {first.snapshot_id, second.snapshot_id}
     assert snapshots.complete_snapshots(root) == [third.snapshot_id]
+
+
+def test_a_track_left_twice_by_an_interrupted_extraction_is_embedded_once(demo, workspace):
+    root, _, _ = workspace
+    # A run stopped between writing its rows and retiring the old ones leaves the same rows in two files.
+    part = parquet_files(features_dir(root))[0]
+    storage.write_bytes(part.replace(".parquet", "-copy.parquet"), storage.read_bytes(part))
+    report = refresh.run_refresh(str(demo.manifest), root)
+    assert report.published and report.tracks == report.embedded == 24
+    snapshots.verify(root, report.snapshot_id, 24)  # no duplicate ids, indexes match the vectors
 
 
 def test_a_failure_half_way_leaves_the_previous_snapshot_published(demo, workspace):
@@ -114,8 +144,9 @@ def test_a_failure_half_way_leaves_the_previous_snapshot_published(demo, workspa
 
 
 def test_a_corrupt_model_fails_the_refresh_before_publishing(demo, workspace):
-    root, _, runs = workspace
+    root, catalog, _ = workspace
     good = refresh.run_refresh(str(demo.manifest), root)
+    runs = publish_models(root, sorted(catalog["track_id"])[:16], run="broken", models=("lstm",))
     state = checkpoints.model_dir(root, "lstm", runs["lstm"]) + "/state_dict.pt"
     storage.write_bytes(state, b"not a checkpoint")
     with pytest.raises(Exception, match="(?i)state_dict|pickle|zip|load"):
