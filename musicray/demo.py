@@ -131,7 +131,8 @@ class DemoCatalog:
 
 def generate(out: str | Path, tracks: int = 300, users: int = 500, seed: int = 0,
              seconds: float = 30.0, workers: int | None = None,
-             progress: Callable[[str], None] | None = None) -> DemoCatalog:
+             progress: Callable[[str], None] | None = None,
+             on_track: Callable[[int], None] | None = None) -> DemoCatalog:
     """Write the demo catalog, its audio and the listening sessions into ``out`` (see the module doc).
 
     Args:
@@ -142,6 +143,7 @@ def generate(out: str | Path, tracks: int = 300, users: int = 500, seed: int = 0
         seconds: length of every track.
         workers: processes synthesising audio; default ``min(2, os.cpu_count())``.
         progress: called with a line of text now and then.
+        on_track: called with the number of tracks written so far, after each (a progress bar).
 
     Raises:
         ValueError: an argument is out of range; the message names it.
@@ -167,6 +169,8 @@ def generate(out: str | Path, tracks: int = 300, users: int = 500, seed: int = 0
     report(f"synthesising {tracks} tracks of {seconds:g} s with {workers} worker(s) into {audio_dir}")
     step = math.ceil(tracks / 10)  # about ten progress lines
     for done, _ in enumerate(_map(_write_track, [(spec, root) for spec in specs], workers), start=1):
+        if on_track:
+            on_track(done)
         if done % step == 0 or done == tracks:
             report(f"audio: {done}/{tracks} tracks")
 

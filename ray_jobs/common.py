@@ -35,6 +35,72 @@ def cluster_resources() -> tuple[int, int]:
 
 
 @ray.remote(num_cpus=0)
+class _Counter:
+    def __init__(self):
+        self.count = 0
+
+    def add(self, amount: int) -> None:
+        self.count += amount
+
+    def reset(self) -> None:
+        self.count = 0
+
+    def value(self) -> int:
+        return self.count
+
+
+class Progress:
+    """A count of work done that Ray tasks, actors and Ray Train's controller add to; a driver
+    thread reads it to draw a progress bar.
+
+    It pickles as its name: a copy finds the counter of that name in the running job, so a
+    callback Tune kept with a search still counts after the search is restored in a new run.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self._counter = _Counter.options(name=self._actor_name(name), get_if_exists=True).remote()
+
+    @staticmethod
+    def _actor_name(name: str) -> str:
+        return f"musicray-progress-{name}"
+
+    def __getstate__(self) -> dict:
+        return {"name": self.name}
+
+    def __setstate__(self, state: dict) -> None:
+        self.name, self._counter = state["name"], None
+
+    def _handle(self):
+        if self._counter is None:
+            try:
+                self._counter = ray.get_actor(self._actor_name(self.name))
+            except ValueError:  # no run is counting: nothing to tell
+                return None
+        return self._counter
+
+    def add(self, amount: int = 1) -> None:
+        if counter := self._handle():
+            counter.add.remote(amount)  # fire and forget: progress never slows the work
+
+    def reset(self) -> None:
+        ray.get(self._handle().reset.remote())
+
+    def value(self) -> int:
+        return ray.get(self._handle().value.remote())
+
+
+class EpochProgress(ray.train.UserCallback):
+    """Adds one to a ``Progress`` for every epoch a Ray Train run reports."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+
+    def after_report(self, run_context, metrics, checkpoint):
+        self.progress.add(1)
+
+
+@ray.remote(num_cpus=0)
 class _RunLock:
     """Held while it lives: Ray registers an actor name once per namespace, atomically."""
 

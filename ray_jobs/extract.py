@@ -109,7 +109,8 @@ def decode_batch(batch: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
 
 
 class ComputeFeatures:
-    def __init__(self, config: FeatureConfig, device: str, decode_inline: bool, extracted_at: datetime):
+    def __init__(self, config: FeatureConfig, device: str, decode_inline: bool, extracted_at: datetime,
+                 progress=None):
         if device == "cpu":
             torch.set_num_threads(1)  # one actor per core; more threads only contend
         self.config = config
@@ -117,6 +118,7 @@ class ComputeFeatures:
         self.decode_inline = decode_inline
         self.extracted_at = extracted_at
         self.schema = pipeline_schema(config)
+        self.progress = progress  # a ray_jobs.common.Progress, counting tracks
 
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
         if self.decode_inline:
@@ -139,6 +141,8 @@ class ComputeFeatures:
                 arrays.append(pa.array([None if pd.isna(v) else v for v in columns[column.name]], type=column.type))
             else:
                 arrays.append(_scatter(features.get(column.name), ready, column.type))
+        if self.progress:
+            self.progress.add(len(batch))
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
 
@@ -227,8 +231,10 @@ def _write_parquet(uri: str, table: pa.Table) -> None:
 
 
 def run_extract(catalog: str, root: str, *, config: FeatureConfig = FeatureConfig(), gpu: bool = False,
-                batch_size: int = BATCH_SIZE, rows_per_file: int = 256, run_id: str | None = None) -> ExtractReport:
-    """Extract features for every new or changed track of ``catalog`` into the workspace ``root``."""
+                batch_size: int = BATCH_SIZE, rows_per_file: int = 256, run_id: str | None = None,
+                progress=None) -> ExtractReport:
+    """Extract features for every new or changed track of ``catalog`` into the workspace ``root``.
+    ``progress`` (a ``ray_jobs.common.Progress``) counts the tracks read, whatever their outcome."""
     started = time.perf_counter()
     tracks = load_catalog(catalog)  # every input check happens before any work
     root = storage.normalize(root)
@@ -252,7 +258,7 @@ def run_extract(catalog: str, root: str, *, config: FeatureConfig = FeatureConfi
         sink = FeatureSink(root, run_id, config, rows_per_file)
         # Writing is light next to feature maths; reserving CPU for it would leave it queued behind
         # the actors (which hold every CPU) until they finish, instead of streaming alongside.
-        _build_pipeline(todo, config, gpu, batch_size, datetime.now(timezone.utc)).write_datasink(
+        _build_pipeline(todo, config, gpu, batch_size, datetime.now(timezone.utc), progress).write_datasink(
             sink, ray_remote_args={"num_cpus": 0})
         report.done = len(sink.counts["done_ids"])
         report.skipped = len(sink.counts["skipped_ids"])
@@ -277,7 +283,7 @@ def run_extract(catalog: str, root: str, *, config: FeatureConfig = FeatureConfi
 
 
 def _build_pipeline(todo: pd.DataFrame, config: FeatureConfig, gpu: bool, batch_size: int,
-                    extracted_at: datetime) -> ray.data.Dataset:
+                    extracted_at: datetime, progress=None) -> ray.data.Dataset:
     # One block per batch, so work spreads over the whole pool from the first batch on.
     blocks = [todo.iloc[i: i + batch_size] for i in range(0, len(todo), batch_size)]
     dataset = ray.data.from_pandas(blocks)
@@ -293,7 +299,7 @@ def _build_pipeline(todo: pd.DataFrame, config: FeatureConfig, gpu: bool, batch_
     return dataset.map_batches(
         ComputeFeatures,
         fn_constructor_kwargs={"config": config, "device": "cuda" if gpu else "cpu",
-                               "decode_inline": not gpu, "extracted_at": extracted_at},
+                               "decode_inline": not gpu, "extracted_at": extracted_at, "progress": progress},
         batch_format="pandas", batch_size=batch_size,
         compute=ActorPoolStrategy(size=pool), **actor_resources,
     )

@@ -208,8 +208,9 @@ def make_trainer(model: str, model_config: dict, settings: TrainSettings, shared
 
 def run_train(model: str, root: str, sessions: str, *, settings: TrainSettings = TrainSettings(),
               run_id: str | None = None, model_config: dict | None = None,
-              crash_after_epoch: int | None = None) -> TrainResult:
-    """Train one recommender on the workspace's features and a listening log; publish its best checkpoint."""
+              crash_after_epoch: int | None = None, callbacks: list | None = None) -> TrainResult:
+    """Train one recommender on the workspace's features and a listening log; publish its best checkpoint.
+    ``callbacks`` are Ray Train callbacks (the quickstart's progress bar)."""
     model_class(model)  # an unknown name fails here, before any work
     root = storage.normalize(root)
     data = prepare_data(root, sessions, settings.validation_fraction)
@@ -220,10 +221,33 @@ def run_train(model: str, root: str, sessions: str, *, settings: TrainSettings =
     models_uri = storage.join(root, "models", model)
     trainer = make_trainer(model, full_model_config(data, model_config), settings, ray.put(shared), sessions_table,
                            sessions, storage.join(models_uri, run_id),
-                           run_config(models_uri, run_id, settings.max_failures, SELECTION_METRIC, "max"),
+                           run_config(models_uri, run_id, settings.max_failures, SELECTION_METRIC, "max",
+                                      callbacks=callbacks),
                            crash_after_epoch=crash_after_epoch)
     best, history = publish_best(trainer.fit(), root, model, run_id, SELECTION_METRIC, "max")
     return TrainResult(model, run_id, best, history, data.dropped_plays)
+
+
+def run_trains(jobs: dict[str, tuple[TrainSettings, dict]], root: str, sessions: str, *,
+               run_id: str | None = None, callbacks: list | None = None) -> list[TrainResult]:
+    """Train several recommenders at once (``jobs``: model -> (settings, model config)).
+
+    Each run's driver is a Ray task, as Tune runs its trials, so one run's start-up (worker
+    group, process group, data) overlaps another's epochs, and the runs share the cluster's CPUs
+    and GPUs as they free up. ``run_id`` names every run (each in its model's folder). Results come
+    back in the order of ``jobs``; the first failure is raised.
+    """
+    for model in jobs:
+        model_class(model)
+    if len(jobs) == 1:
+        (model, (settings, model_config)), = jobs.items()
+        return [run_train(model, root, sessions, settings=settings, run_id=run_id, model_config=model_config,
+                          callbacks=callbacks)]
+    init_ray()
+    driver = ray.remote(num_cpus=0)(run_train)  # only waits on its Train run, like a Tune trial's driver
+    return ray.get([driver.remote(model, root, sessions, settings=settings, model_config=model_config,
+                                  run_id=run_id, callbacks=callbacks)
+                    for model, (settings, model_config) in jobs.items()])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -305,26 +329,27 @@ def configure(args: argparse.Namespace, model: str):
 def main(argv=None) -> int:
     args = parse_args(argv)
     names = list(RECOMMENDERS) if args.model == "all" else [args.model]
-    for name in names:
-        try:
+    try:
+        jobs = {}
+        for name in names:
             settings, model_config, source = configure(args, name)
             print(source)
-            if name in GENERATORS:
-                from ray_jobs.train_generator import run_train_generator, summary
+            jobs[name] = settings, model_config
+        if args.model in GENERATORS:
+            from ray_jobs.train_generator import run_train_generator, summary
 
-                result = run_train_generator(args.root, settings=settings, run_id=args.run_name,
-                                             model_config=model_config)
-                print(summary(result))
-                continue
-            result = run_train(name, args.root, args.sessions, settings=settings, run_id=args.run_name,
-                               model_config=model_config)
-        except (ValueError, FileNotFoundError) as error:
-            print(f"musicray train: error: {error}", file=sys.stderr)
-            return 2
+            print(summary(run_train_generator(args.root, settings=settings, run_id=args.run_name,
+                                              model_config=model_config)))
+            return 0
+        results = run_trains(jobs, args.root, args.sessions, run_id=args.run_name)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"musicray train: error: {error}", file=sys.stderr)
+        return 2
+    for result in results:
         if result.dropped_plays:
-            print(f"{name}: {result.dropped_plays} log rows name tracks without features; they were left out")
+            print(f"{result.model}: {result.dropped_plays} log rows name tracks without features; they were left out")
         best = result.best
-        print(f"{name} {result.run_id}: best epoch {best['epoch']} of {len(result.history)}, "
+        print(f"{result.model} {result.run_id}: best epoch {best['epoch']} of {len(result.history)}, "
               f"val MRR@20 {best[SELECTION_METRIC]:.4f}, HR@20 {best['val_HR@20']:.4f}")
     return 0
 

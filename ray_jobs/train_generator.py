@@ -351,15 +351,17 @@ def make_trainer(model: LSTMGenerator, validation: ray.ObjectRef, dataset: ray.d
 
 def run_train_generator(root: str, *, settings: GeneratorSettings = GeneratorSettings(), run_id: str | None = None,
                         model_config: dict | None = None, crash_after_epoch: int | None = None,
-                        progress=print) -> GeneratorTrainResult:
-    """Train the generator on the workspace's features; publish its best checkpoint and LATEST."""
+                        progress=print, callbacks: list | None = None) -> GeneratorTrainResult:
+    """Train the generator on the workspace's features; publish its best checkpoint and LATEST.
+    ``callbacks`` are Ray Train callbacks (the quickstart's progress bar)."""
     root = storage.normalize(root)
     run_id = run_id or f"{MODEL_NAME}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
     models_uri = storage.join(root, "models", MODEL_NAME)
     run_uri = storage.join(models_uri, run_id)
     inputs = prepare_generator(root, settings, model_config, run_uri, progress)
     trainer = make_trainer(inputs.model, ray.put(inputs.validation), inputs.dataset, settings, run_uri,
-                           run_config(models_uri, run_id, settings.max_failures, SELECTION_METRIC, "min"),
+                           run_config(models_uri, run_id, settings.max_failures, SELECTION_METRIC, "min",
+                                      callbacks=callbacks),
                            crash_after_epoch=crash_after_epoch)
     best, history = publish_best(trainer.fit(), root, MODEL_NAME, run_id, SELECTION_METRIC, "min")
     return GeneratorTrainResult(run_id, best, history, inputs.train_tracks, inputs.validation_tracks,
