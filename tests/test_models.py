@@ -71,15 +71,17 @@ def test_learns_a_deterministic_sequence(name, sampled):
     sampler = NegativeSampler(torch.ones(N_TRACKS), n_negatives=16) if sampled else None
     torch.manual_seed(1)
     items, hours, weekdays = cyclic_sessions()
-    first = None
+    losses = []
     for _ in range(100):
         negatives, log_q = sampler.sample(torch.device("cpu")) if sampler else (None, None)
         loss = objective(items, hours, weekdays, content, ids, negatives, log_q)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        first = first if first is not None else loss.item()
-    assert loss.item() < 0.7 * first
+        losses.append(loss.item())
+    # A sampled softmax's loss is one draw of 16 negatives: single steps spike, so compare the
+    # last ten steps' mean with the start.
+    assert sum(losses[-10:]) / 10 < 0.7 * losses[0]
     model.eval()
     with torch.no_grad():
         vectors = model.track_vectors(content, ids)
