@@ -138,17 +138,10 @@ def check_workspace(args) -> None:
             raise WorkspaceInUse(f"{args.root} holds a quickstart made with other arguments ({differ}); "
                                  f"remove it (rm -rf {args.root} {args.demo}) or pass --root and --demo to new folders")
         return
-    held = [d for d in ("features", "models", "embeddings", "tune") if _is_dir(storage.join(args.root, d))]
+    held = sorted({"features", "models", "embeddings", "tune"} & set(storage.list_dirs(args.root)))
     if held:
         raise WorkspaceInUse(f"{args.root} already holds a workspace the quickstart did not make ({', '.join(held)}); "
                              f"pass --root to a new folder, or remove it (rm -rf {args.root}) if it is expendable")
-
-
-def _is_dir(uri: str) -> bool:
-    try:
-        return bool(storage.list_files(uri))
-    except FileNotFoundError:
-        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +228,7 @@ def stage_evaluate(args, console, progress) -> str:
 
     from ray_jobs.evaluate import HEADLINE, run_evaluate
 
-    metrics = run_evaluate(args.root, _demo_file(args, "sessions_test.parquet"), _report_file(args, ""),
+    metrics = run_evaluate(args.root, _demo_file(args, "sessions_test.parquet"), _report_file(args),
                            generation_tracks=args.generation_tracks)
     table = pd.DataFrame({name: {**{m: r["all"][m] for m in HEADLINE}, "cold HR@20": r["cold"].get("HR@20", 0.0)}
                           for name, r in metrics["ranking"].items()}).T
@@ -293,8 +286,9 @@ def stage_serve(args, console, progress) -> str:
     return f"snapshot {result['snapshot']} served ({result['model']}); endpoints shut down"
 
 
-def _report_file(args, name: str) -> str:
-    return storage.join(args.root, *REPORT, name) if name else storage.join(args.root, *REPORT)
+def _report_file(args, *name: str) -> str:
+    """``<root>/reports/quickstart[/name]``."""
+    return storage.join(args.root, *REPORT, *name)
 
 
 def _demo_file(args, name: str) -> str:
@@ -347,10 +341,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.root = storage.normalize(args.root)
-    if args.log is None and not args.verbose and not storage.is_s3(args.root):
-        args.log = str(Path(args.root) / Path(*REPORT) / "quickstart.log")
-    elif args.log is None and not args.verbose:
-        args.log = "quickstart.log"
+    if args.log is None and not args.verbose:  # a local file: beside the report, unless the workspace is on S3
+        args.log = "quickstart.log" if storage.is_s3(args.root) else str(Path(args.root, *REPORT, "quickstart.log"))
     return args
 
 

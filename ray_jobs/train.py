@@ -245,9 +245,12 @@ def run_trains(jobs: dict[str, tuple[TrainSettings, dict]], root: str, sessions:
                           callbacks=callbacks)]
     init_ray()
     driver = ray.remote(num_cpus=0)(run_train)  # only waits on its Train run, like a Tune trial's driver
-    return ray.get([driver.remote(model, root, sessions, settings=settings, model_config=model_config,
-                                  run_id=run_id, callbacks=callbacks)
-                    for model, (settings, model_config) in jobs.items()])
+    runs = [driver.remote(model, root, sessions, settings=settings, model_config=model_config, run_id=run_id,
+                          callbacks=callbacks) for model, (settings, model_config) in jobs.items()]
+    try:
+        return ray.get(runs)
+    except ray.exceptions.RayTaskError as error:  # the run's own error (a missing workspace...), not Ray's wrapper
+        raise error.cause from None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -338,6 +341,7 @@ def main(argv=None) -> int:
         if args.model in GENERATORS:
             from ray_jobs.train_generator import run_train_generator, summary
 
+            settings, model_config = jobs[args.model]
             print(summary(run_train_generator(args.root, settings=settings, run_id=args.run_name,
                                               model_config=model_config)))
             return 0
