@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from models import build
-from musicray import storage
+from musicray import storage, workspace
 
 
 @dataclass
@@ -99,20 +99,12 @@ def newest_checkpoint(run_uri: str, required: set[str]) -> str | None:
     return max(complete, key=lambda f: json.loads(storage.read_text(storage.join(f, "config.json")))["epoch"])
 
 
-def model_dir(root: str, name: str, run_id: str) -> str:
-    return storage.join(root, "models", name, run_id, "model")
-
-
-def latest_pointer(root: str, name: str) -> str:
-    return storage.join(root, "models", name, "LATEST")
-
-
 def load_trained(root: str, name: str, run_id: str | None = None, map_location: str = "cpu") -> TrainedModel:
     """The model of ``run_id``, or of the run named by LATEST."""
-    run_id = run_id or storage.read_pointer(latest_pointer(root, name))
+    run_id = run_id or storage.read_pointer(workspace.model_pointer(root, name))
     if run_id is None:
         raise FileNotFoundError(f"no trained {name!r} model in {root}: run `musicray train --model {name}` first")
-    directory = model_dir(root, name, run_id)
+    directory = workspace.model_dir(root, name, run_id)
     model, vocabulary, meta = read_model_files(directory, map_location)
     return TrainedModel(name, run_id, model, vocabulary, meta.get("metrics", {}), meta.get("history", []),
                         meta.get("sessions"))

@@ -15,7 +15,7 @@ import pyarrow as pa
 import torch
 
 from models import RECOMMENDERS
-from musicray import checkpoints, storage
+from musicray import checkpoints, storage, workspace
 from musicray.content import CONTENT_COLUMNS, content_matrix, vocabulary_ids, vocabulary_positions
 
 # The recommenders score ``query @ track_vectors.T``: inner product. The autoencoder's vectors are
@@ -30,7 +30,7 @@ def index_metric(model: str) -> str:
 
 def latest_runs(root: str) -> dict[str, str]:
     """model name -> the run its LATEST names, for every model trained in the workspace."""
-    runs = {name: storage.read_pointer(checkpoints.latest_pointer(root, name)) for name in RECOMMENDERS}
+    runs = {name: storage.read_pointer(workspace.model_pointer(root, name)) for name in RECOMMENDERS}
     runs = {name: run for name, run in runs.items() if run}
     if not runs:
         raise FileNotFoundError(f"no trained model in {root}: run `musicray train --model all` first")

@@ -42,7 +42,7 @@ import soundfile as sf
 import torch
 
 from models.lstm_generator import LSTMGenerator
-from musicray import storage
+from musicray import storage, workspace
 from musicray.audio import AudioError, decode
 from musicray.features import FeatureConfig, FeatureExtractor
 from musicray.vocoder import Vocoder
@@ -98,9 +98,9 @@ def workspace_layout(root: str) -> dict:
     ``hop_length``), from the Parquet schema metadata the extractor writes."""
     import pyarrow.dataset as pads
 
-    from musicray.schemas import features_dir, parquet_files
+    from musicray.schemas import parquet_files
 
-    files = parquet_files(features_dir(root))
+    files = parquet_files(workspace.features_dir(root))
     if not files:
         raise ValueError(f"the workspace {root} has no features yet: run `musicray extract` first")
     fs, path = storage.resolve(files[0])
@@ -116,11 +116,10 @@ def track_labels(root: str) -> dict[str, str]:
     """track_id -> label from the workspace's catalog (empty without a ``label`` column)."""
     import pyarrow.parquet as pq
 
-    from musicray.schemas import catalog_file
 
-    if not storage.exists(catalog_file(root)):
+    if not storage.exists(workspace.catalog_file(root)):
         return {}
-    table = pq.read_table(io.BytesIO(storage.read_bytes(catalog_file(root))))
+    table = pq.read_table(io.BytesIO(storage.read_bytes(workspace.catalog_file(root))))
     if "label" not in table.column_names:
         return {}
     ids, labels = table.column("track_id").to_pylist(), table.column("label").to_pylist()
@@ -251,12 +250,12 @@ class TrainedGenerator:
 
 def load_generator(root: str, run_id: str | None = None, map_location: str = "cpu") -> TrainedGenerator:
     """The generator of ``run_id``, or of the run ``<root>/models/generator/LATEST`` names."""
-    from musicray.checkpoints import latest_pointer, model_dir, read_model_files
+    from musicray.checkpoints import read_model_files
 
-    run_id = run_id or storage.read_pointer(latest_pointer(root, MODEL_NAME))
+    run_id = run_id or storage.read_pointer(workspace.model_pointer(root, MODEL_NAME))
     if run_id is None:
         raise FileNotFoundError(f"no trained generator in {root}: run `musicray train --model generator` first")
-    directory = model_dir(root, MODEL_NAME, run_id)
+    directory = workspace.model_dir(root, MODEL_NAME, run_id)
     if not storage.exists(storage.join(directory, "config.json")):
         raise FileNotFoundError(f"generator run {run_id!r} has no published model in {directory}")
     model, _, meta = read_model_files(directory, map_location)

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from musicray import storage
+from musicray import storage, workspace
 from musicray.features import SCALAR_FEATURES, FeatureConfig
 
 REQUIRED_CATALOG_COLUMNS = ("track_id", "uri")
@@ -50,19 +50,6 @@ ERRORS_SCHEMA = pa.schema(
 )
 
 
-def features_dir(root: str) -> str:
-    return storage.join(root, "features")
-
-
-def catalog_file(root: str) -> str:
-    """The catalog of the latest extract run, with its metadata columns (label, title, ...)."""
-    return storage.join(root, "catalog.parquet")
-
-
-def errors_dir(root: str) -> str:
-    return storage.join(root, "errors")
-
-
 def parquet_files(directory: str) -> list[str]:
     """The complete Parquet part files of a table folder (temporaries are ignored)."""
     if not storage.exists(directory):
@@ -76,7 +63,7 @@ def read_features(root: str, columns: list[str] | None = None, track_ids: list[s
     Should a run have stopped between writing new rows and retiring the ones they replace,
     a track can appear twice; the newest ``extracted_at`` wins.
     """
-    files = parquet_files(features_dir(root))
+    files = parquet_files(workspace.features_dir(root))
     wanted = None if columns is None else list(dict.fromkeys([*columns, "track_id", "extracted_at"]))
     if not files:
         schema = features_schema()

@@ -37,12 +37,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from musicray import checkpoints, snapshots, storage
+from musicray import checkpoints, snapshots, storage, workspace
 from musicray.checkpoints import TrainedModel
 from musicray.evaluation import MAX_PREFIX
 from musicray.generation import MODEL_NAME as GENERATOR, TrainedGenerator, encode_audio, load_generator
 from musicray.index import TrackIndex
-from musicray.schemas import catalog_file, read_features
+from musicray.schemas import read_features
 from musicray.scoring import session_queries
 
 log = logging.getLogger("musicray.serving")
@@ -224,7 +224,7 @@ class RecommendState:
 
 
 def snapshot_pointer(root: str) -> str | None:
-    return storage.read_pointer(snapshots.latest_pointer(root))
+    return storage.read_pointer(workspace.snapshot_pointer(root))
 
 
 def load_recommend_state(root: str, snapshot_id: str | None, device: str = "cpu") -> RecommendState:
@@ -252,9 +252,9 @@ def load_recommend_state(root: str, snapshot_id: str | None, device: str = "cpu"
 
 def catalog_metadata(root: str, position: dict[str, int]) -> dict[str, dict]:
     """The catalog's own columns of each served track (empty when the catalog has none)."""
-    if not storage.exists(catalog_file(root)):
+    if not storage.exists(workspace.catalog_file(root)):
         return {}
-    table = pq.read_table(io.BytesIO(storage.read_bytes(catalog_file(root))))
+    table = pq.read_table(io.BytesIO(storage.read_bytes(workspace.catalog_file(root))))
     columns = [c for c in table.column_names if c not in ("track_id", "uri")]
     rows = table.select(["track_id", *columns]).to_pylist()
     # NaN is not JSON: a missing float is null, as a missing string is.
@@ -439,7 +439,7 @@ class GenerateState:
 
 def generate_pointers(root: str) -> tuple[str | None, str | None]:
     # The snapshot pointer moves after each refresh, which is when the features (seed tracks) change.
-    return storage.read_pointer(checkpoints.latest_pointer(root, GENERATOR)), snapshot_pointer(root)
+    return storage.read_pointer(workspace.model_pointer(root, GENERATOR)), snapshot_pointer(root)
 
 
 def load_generate_state(root: str, pointers: tuple[str | None, str | None], device: str = "cpu") -> GenerateState:

@@ -29,7 +29,7 @@ from typing import Callable, TypeVar
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from musicray import storage
+from musicray import storage, workspace
 from musicray.index import TrackIndex
 
 MANIFEST = "manifest.json"
@@ -42,24 +42,12 @@ class SnapshotError(RuntimeError):
     """A snapshot is missing, incomplete or inconsistent; the message names it."""
 
 
-def embeddings_dir(root: str) -> str:
-    return storage.join(root, "embeddings")
-
-
-def latest_pointer(root: str) -> str:
-    return storage.join(embeddings_dir(root), "LATEST")
-
-
-def snapshot_dir(root: str, snapshot_id: str) -> str:
-    return storage.join(embeddings_dir(root), snapshot_id)
-
-
 def vectors_dir(root: str, snapshot_id: str) -> str:
-    return storage.join(snapshot_dir(root, snapshot_id), "vectors")
+    return storage.join(workspace.snapshot_dir(root, snapshot_id), "vectors")
 
 
 def index_file(root: str, snapshot_id: str, model: str) -> str:
-    return storage.join(snapshot_dir(root, snapshot_id), "index", f"{model}.voy")
+    return storage.join(workspace.snapshot_dir(root, snapshot_id), "index", f"{model}.voy")
 
 
 def new_snapshot_id(now: datetime | None = None) -> str:
@@ -87,7 +75,7 @@ class Snapshot:
 
     @property
     def uri(self) -> str:
-        return snapshot_dir(self.root, self.id)
+        return workspace.snapshot_dir(self.root, self.id)
 
     @property
     def models(self) -> list[str]:
@@ -113,7 +101,7 @@ class Snapshot:
 
 
 def open_snapshot(root: str, snapshot_id: str) -> Snapshot:
-    uri = storage.join(snapshot_dir(root, snapshot_id), MANIFEST)
+    uri = storage.join(workspace.snapshot_dir(root, snapshot_id), MANIFEST)
     if not storage.exists(uri):
         raise SnapshotError(f"snapshot {snapshot_id} in {root} is missing or incomplete (no {MANIFEST})")
     return Snapshot(root, snapshot_id, json.loads(storage.read_text(uri)))
@@ -121,7 +109,7 @@ def open_snapshot(root: str, snapshot_id: str) -> Snapshot:
 
 def latest_snapshot(root: str) -> Snapshot | None:
     """The snapshot ``LATEST`` names, or None before the first refresh."""
-    snapshot_id = storage.read_pointer(latest_pointer(root))
+    snapshot_id = storage.read_pointer(workspace.snapshot_pointer(root))
     return None if snapshot_id is None else open_snapshot(root, snapshot_id)
 
 
@@ -139,14 +127,14 @@ def load_latest(root: str, load: Callable[[Snapshot], T]) -> tuple[Snapshot, T] 
         try:
             return snapshot, load(snapshot)
         except (OSError, SnapshotError):
-            if storage.read_pointer(latest_pointer(root)) == snapshot.id:
+            if storage.read_pointer(workspace.snapshot_pointer(root)) == snapshot.id:
                 raise  # not a prune race: the published snapshot itself is broken
 
 
 def complete_snapshots(root: str) -> list[str]:
     """Ids of the snapshots whose manifest is written, oldest first."""
-    return [s for s in storage.list_dirs(embeddings_dir(root))
-            if snapshot_time(s) and storage.exists(storage.join(snapshot_dir(root, s), MANIFEST))]
+    return [s for s in storage.list_dirs(workspace.embeddings_dir(root))
+            if snapshot_time(s) and storage.exists(storage.join(workspace.snapshot_dir(root, s), MANIFEST))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +142,7 @@ def complete_snapshots(root: str) -> list[str]:
 
 
 def write_manifest(root: str, snapshot_id: str, manifest: dict) -> None:
-    storage.write_text(storage.join(snapshot_dir(root, snapshot_id), MANIFEST), json.dumps(manifest, indent=2))
+    storage.write_text(storage.join(workspace.snapshot_dir(root, snapshot_id), MANIFEST), json.dumps(manifest, indent=2))
 
 
 def write_index(root: str, snapshot_id: str, model: str, files: list[str], metric: str,
@@ -202,7 +190,7 @@ def publish(root: str, snapshot_id: str) -> bool:
 
     Returns whether ``LATEST`` names ``snapshot_id`` afterwards.
     """
-    pointer = latest_pointer(root)
+    pointer = workspace.snapshot_pointer(root)
     current = storage.read_pointer(pointer)
     if current and current > snapshot_id and current in complete_snapshots(root):
         return False
@@ -224,18 +212,18 @@ def prune(root: str, keep: int, now: datetime | None = None) -> list[str]:
     """
     if keep < 1:
         raise ValueError(f"--keep must be >= 1, got {keep}")
-    current = storage.read_pointer(latest_pointer(root))
+    current = storage.read_pointer(workspace.snapshot_pointer(root))
     if current is None:
         return []
     now = now or datetime.now(timezone.utc)
     complete = complete_snapshots(root)
     kept = set(complete[-keep:]) | {current}
     removed = []
-    for snapshot_id in storage.list_dirs(embeddings_dir(root)):
+    for snapshot_id in storage.list_dirs(workspace.embeddings_dir(root)):
         started = snapshot_time(snapshot_id)
         if started is None or snapshot_id in kept or snapshot_id >= current:
             continue
         if snapshot_id in complete or now - started > STALE_AFTER:
-            storage.delete(snapshot_dir(root, snapshot_id))
+            storage.delete(workspace.snapshot_dir(root, snapshot_id))
             removed.append(snapshot_id)
     return removed

@@ -14,8 +14,8 @@ import ray
 import ray.train
 from ray.exceptions import ActorAlreadyExistsError
 
-from musicray import storage
-from musicray.checkpoints import MODEL_FILES, latest_pointer, model_dir
+from musicray import storage, workspace
+from musicray.checkpoints import MODEL_FILES
 
 
 def init_ray() -> None:
@@ -173,12 +173,12 @@ def publish_best(result: ray.train.Result, root: str, model: str, run_id: str, m
     Returns the best epoch's metrics and the history of every epoch (resumed ones included).
     """
     best = result.get_best_checkpoint(metric=metric, mode=mode)
-    target = model_dir(root, model, run_id)
+    target = workspace.model_dir(root, model, run_id)
     with best.as_directory() as directory:
         for name in MODEL_FILES:
             with open(os.path.join(directory, name), "rb") as f:
                 storage.write_bytes(storage.join(target, name), f.read())
-    storage.publish(latest_pointer(root, model), run_id)  # data first, pointer last
+    storage.publish(workspace.model_pointer(root, model), run_id)  # data first, pointer last
     best_meta = json.loads(storage.read_text(storage.join(target, "config.json")))
     with result.checkpoint.as_directory() as directory:  # the latest epoch holds the whole history
         with open(os.path.join(directory, "config.json")) as f:
@@ -186,15 +186,10 @@ def publish_best(result: ray.train.Result, root: str, model: str, run_id: str, m
     return best_meta["metrics"], history
 
 
-def best_config_uri(root: str, model: str) -> str:
-    """Where ``musicray tune`` writes the best config it found, and ``musicray train`` reads it."""
-    return storage.join(root, "models", model, "best_config.json")
-
-
 def read_best_config(root: str, model: str) -> dict | None:
     """The best config a search wrote for ``model``: its training settings under ``train``, its
     model config fields under ``model_config``; None when no search has written one."""
-    uri = best_config_uri(root, model)
+    uri = workspace.best_config_file(root, model)
     if not storage.exists(uri):
         return None
     try:

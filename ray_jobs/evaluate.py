@@ -28,13 +28,13 @@ import pyarrow.parquet as pq
 import torch
 
 from models import RECOMMENDERS
-from musicray import plots, storage
+from musicray import plots, storage, workspace
 from musicray.checkpoints import load_trained
 from musicray.content import TrackCatalog
 from musicray.evaluation import (baselines, cold_tracks, evaluate, label_precision_at_k, make_examples,
                                  mfcc_baseline_vectors, paired_difference)
 from musicray.generation import evaluate_workspace, generation_report
-from musicray.schemas import catalog_file, read_features
+from musicray.schemas import read_features
 from musicray.scoring import ModelScorer
 from musicray.sessions import load_log
 
@@ -139,9 +139,9 @@ def against_baselines(ranking: dict, ranks: dict, models: set[str]) -> list[dict
 
 
 def _labels(root: str, track_ids: list[str]) -> list[str] | None:
-    if not storage.exists(catalog_file(root)):
+    if not storage.exists(workspace.catalog_file(root)):
         return None
-    table = pq.read_table(io.BytesIO(storage.read_bytes(catalog_file(root)))).to_pandas()
+    table = pq.read_table(io.BytesIO(storage.read_bytes(workspace.catalog_file(root)))).to_pandas()
     if "label" not in table.columns:
         return None
     label = table.set_index("track_id")["label"].astype(str)

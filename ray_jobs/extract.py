@@ -37,12 +37,11 @@ from ray.data import ActorPoolStrategy
 from ray.data.block import BlockAccessor
 from ray.data.datasource import Datasink
 
-from musicray import storage
+from musicray import storage, workspace
 from musicray.audio import AudioError, decode
 from musicray.catalog import CatalogError, load_catalog
 from musicray.features import FeatureConfig, FeatureExtractor, pad_batch
-from musicray.schemas import (ERRORS_SCHEMA, catalog_file, errors_dir, features_dir, features_schema,
-                              parquet_files, read_features)
+from musicray.schemas import ERRORS_SCHEMA, features_schema, parquet_files, read_features
 from ray_jobs.common import cluster_resources, init_ray
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
@@ -192,7 +191,7 @@ class FeatureSink(Datasink):
         name = f"part-{self.run_id}-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}.parquet"
         if done.num_rows:
             done = done.select(features_schema(self.config).names).cast(features_schema(self.config))
-            _write_parquet(storage.join(features_dir(self.root), name), done)
+            _write_parquet(storage.join(workspace.features_dir(self.root), name), done)
         if failed.num_rows:
             errors = pa.table({
                 "track_id": failed.column("track_id"), "uri": failed.column("uri"),
@@ -200,7 +199,7 @@ class FeatureSink(Datasink):
                 "run_id": pa.array([self.run_id] * failed.num_rows),
                 "failed_at": failed.column("extracted_at"),
             }).cast(ERRORS_SCHEMA)
-            _write_parquet(storage.join(errors_dir(self.root), name), errors)
+            _write_parquet(storage.join(workspace.errors_dir(self.root), name), errors)
         return {
             "done_ids": done.column("track_id").to_pylist(),
             "skipped_ids": table.filter(pc.equal(status, SKIPPED)).column("track_id").to_pylist(),
@@ -250,8 +249,8 @@ def run_extract(catalog: str, root: str, *, config: FeatureConfig = FeatureConfi
     unread = (tracks["listing_hash"] != "") & (tracks["listing_hash"] == tracks["known_hash"])
     kept_ids = set(tracks.loc[unread, "track_id"])
     todo = tracks.loc[~unread, ["track_id", "uri", "listing_hash", "known_hash"]]
-    old_files = parquet_files(features_dir(root))
-    old_errors = parquet_files(errors_dir(root))
+    old_files = parquet_files(workspace.features_dir(root))
+    old_errors = parquet_files(workspace.errors_dir(root))
 
     if len(todo):
         init_ray()
@@ -271,12 +270,12 @@ def run_extract(catalog: str, root: str, *, config: FeatureConfig = FeatureConfi
         raise RuntimeError(f"extract lost tracks: {report.summary()}")
 
     _retire_replaced_rows(old_files, kept_ids)
-    _write_parquet(catalog_file(root), pa.Table.from_pandas(
+    _write_parquet(workspace.catalog_file(root), pa.Table.from_pandas(
         tracks.drop(columns=["listing_hash", "known_hash"]), preserve_index=False))
     for stale in old_errors:  # errors/ holds the failures of the latest run only
         storage.delete(stale)
     report.wall_seconds = time.perf_counter() - started
-    storage.write_text(storage.join(root, "reports", f"extract-{run_id}", "metrics.json"),
+    storage.write_text(storage.join(workspace.reports_dir(root, f"extract-{run_id}"), "metrics.json"),
                        json.dumps({**asdict(report), "catalog": str(catalog), "extractor_version": config.version,
                                    "failure_rate": report.failure_rate}, indent=2))
     return report
@@ -367,10 +366,10 @@ def main(argv=None) -> int:
     rate = report.audio_seconds / report.wall_seconds if report.wall_seconds else 0.0
     print(f"extract {report.run_id}: {report.summary()}")
     print(f"  {report.audio_seconds:.0f} audio-seconds in {report.wall_seconds:.1f} s ({rate:.0f}x real time); "
-          f"features in {features_dir(storage.normalize(args.root))}")
+          f"features in {workspace.features_dir(storage.normalize(args.root))}")
     if report.failure_rate > args.max_failure_rate:
         print(f"  failure rate {report.failure_rate:.1%} is above --max-failure-rate {args.max_failure_rate:.1%}; "
-              f"see {errors_dir(storage.normalize(args.root))}", file=sys.stderr)
+              f"see {workspace.errors_dir(storage.normalize(args.root))}", file=sys.stderr)
         return 1
     return 0
 

@@ -28,8 +28,7 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from musicray import storage
-from musicray.schemas import features_dir
+from musicray import storage, workspace
 
 # The brief run and --full; explicit flags override either.
 PROFILES = {
@@ -39,7 +38,6 @@ PROFILES = {
                  generator_epochs=3, generator_crops=2, generation_tracks=16),
 }
 MARKER = "quickstart.json"  # in the demo folder and in the workspace: the arguments they were made with
-REPORT = ("reports", "quickstart")
 
 
 class WorkspaceInUse(Exception):
@@ -167,7 +165,7 @@ def stage_extract(args, console, progress) -> str:
 
     storage.write_text(storage.join(args.root, MARKER), json.dumps(made_with(args)))
     report = run_extract(_demo_file(args, "catalog.parquet"), args.root, progress=progress)
-    return f"{report.summary()}; features in {features_dir(args.root)}"
+    return f"{report.summary()}; features in {workspace.features_dir(args.root)}"
 
 
 def stage_train(args, console, progress) -> str:
@@ -288,7 +286,7 @@ def stage_serve(args, console, progress) -> str:
 
 def _report_file(args, *name: str) -> str:
     """``<root>/reports/quickstart[/name]``."""
-    return storage.join(args.root, *REPORT, *name)
+    return workspace.reports_dir(args.root, "quickstart", *name)
 
 
 def _demo_file(args, name: str) -> str:
@@ -342,7 +340,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(args, key, value)
     args.root = storage.normalize(args.root)
     if args.log is None and not args.verbose:  # a local file: beside the report, unless the workspace is on S3
-        args.log = "quickstart.log" if storage.is_s3(args.root) else str(Path(args.root, *REPORT, "quickstart.log"))
+        args.log = "quickstart.log" if storage.is_s3(args.root) else workspace.reports_dir(args.root, "quickstart", "quickstart.log")
     return args
 
 

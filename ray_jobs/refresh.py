@@ -36,10 +36,10 @@ import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
 
-from musicray import snapshots, storage
+from musicray import snapshots, storage, workspace
 from musicray.catalog import CatalogError
 from musicray.embedding import INPUT_COLUMNS, TrackEmbedder, index_metric, latest_runs
-from musicray.schemas import features_dir, parquet_files
+from musicray.schemas import parquet_files
 from ray_jobs.common import cluster_resources, exclusive, init_ray
 from ray_jobs.extract import ExtractReport, run_extract
 
@@ -107,7 +107,7 @@ def _refresh(catalog: str, root: str, gpu: bool, keep: int, batch_size: int,
     ray.get(copies)
     began = stage("embed", began)
 
-    files = sorted(f.uri[len(snapshots.snapshot_dir(root, sid)) + 1:].replace("\\", "/")
+    files = sorted(f.uri[len(workspace.snapshot_dir(root, sid)) + 1:].replace("\\", "/")
                    for f in storage.list_files(snapshots.vectors_dir(root, sid), suffixes=(".parquet",)))
     threads = max(1, min(8, cluster_resources()[0] // max(1, len(runs))))
     build = ray.remote(num_cpus=threads)(snapshots.write_index)
@@ -144,7 +144,7 @@ def _current_features(root: str) -> pa.Table:
     Two extractions at once can leave a track twice; the newest row is the current one (as in
     ``read_features``), and superseded rows (usually none) are left out of the snapshot.
     """
-    files = parquet_files(features_dir(root))
+    files = parquet_files(workspace.features_dir(root))
     if not files:
         raise FileNotFoundError(f"the workspace {root} has no features: every track failed extraction")
     fs, _ = storage.resolve(files[0])
@@ -266,9 +266,9 @@ def main(argv=None) -> int:
               f"index recall@10 {info['recall_at_10']:.3f}  built in {info['build_seconds']:.1f} s")
     root = storage.normalize(args.root)
     if report.published:
-        print(f"  published: {snapshots.latest_pointer(root)} -> {report.snapshot_id}")
+        print(f"  published: {workspace.snapshot_pointer(root)} -> {report.snapshot_id}")
     else:
-        print(f"  not published: a newer snapshot was published meanwhile ({snapshots.latest_pointer(root)})")
+        print(f"  not published: a newer snapshot was published meanwhile ({workspace.snapshot_pointer(root)})")
     if report.pruned:
         print(f"  pruned {len(report.pruned)} old snapshot(s): {', '.join(report.pruned)}")
     return 0

@@ -39,13 +39,13 @@ from ray.train.torch import TorchTrainer
 from models import GENERATORS, RECOMMENDERS, build, model_class
 from models.losses import NegativeSampler, NextTrackObjective
 from models.modules import fit_standardizers
-from musicray import storage
+from musicray import storage, workspace
 from musicray.checkpoints import MODEL_FILES, newest_checkpoint, restore_training, write_training_checkpoint
 from musicray.content import TrackCatalog
 from musicray.evaluation import evaluate, make_examples
 from musicray.scoring import ModelScorer
 from musicray.sessions import load_log, session_arrays, split_by_time
-from ray_jobs.common import best_config_uri, init_ray, parse_model_config, publish_best, read_best_config, run_config
+from ray_jobs.common import init_ray, parse_model_config, publish_best, read_best_config, run_config
 
 SELECTION_METRIC = "val_MRR@20"
 
@@ -218,7 +218,7 @@ def run_train(model: str, root: str, sessions: str, *, settings: TrainSettings =
 
     init_ray()
     shared, sessions_table = worker_inputs(data)
-    models_uri = storage.join(root, "models", model)
+    models_uri = workspace.models_dir(root, model)
     trainer = make_trainer(model, full_model_config(data, model_config), settings, ray.put(shared), sessions_table,
                            sessions, storage.join(models_uri, run_id),
                            run_config(models_uri, run_id, settings.max_failures, SELECTION_METRIC, "max",
@@ -312,19 +312,19 @@ def configure(args: argparse.Namespace, model: str):
     searched = dict(best["train"]) if best else {}
     unknown = sorted(set(searched) - {f.name for f in fields(settings_class)})
     if unknown:
-        raise ValueError(f"best config {best_config_uri(args.root, model)} sets unknown training setting(s) "
+        raise ValueError(f"best config {workspace.best_config_file(args.root, model)} sets unknown training setting(s) "
                          f"{unknown}; fix or delete it, or pass --no-best-config")
     settings = settings_class(**{**common, **searched, **explicit})
     model_config = {**(best["model_config"] if best else {}), **args.model_config}
 
     overrides = [f"--{name.replace('_', '-')}" for name in explicit] + [f"--set {k}" for k in args.model_config]
     if best:
-        source = (f"{model}: config from {best_config_uri(args.root, model)} (search {best['search']!r}, "
+        source = (f"{model}: config from {workspace.best_config_file(args.root, model)} (search {best['search']!r}, "
                   f"{best['metric']} {best['value']:.4f})")
         if overrides:
             source += f", overridden by {', '.join(overrides)}"
     else:
-        why = "--no-best-config" if args.no_best_config else f"no {best_config_uri(args.root, model)}"
+        why = "--no-best-config" if args.no_best_config else f"no {workspace.best_config_file(args.root, model)}"
         source = f"{model}: default config ({why})" + (f" with {', '.join(overrides)}" if overrides else "")
     return settings, model_config, source
 

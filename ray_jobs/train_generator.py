@@ -40,11 +40,10 @@ from ray.train.torch import TorchTrainer
 
 from models import build
 from models.lstm_generator import PAD, LSTMGenerator, NextTokenObjective, fit_codebook, nearest
-from musicray import storage
-from musicray.checkpoints import (MODEL_FILES, newest_checkpoint, read_model_files, restore_training,
-                                  write_training_checkpoint)
+from musicray import storage, workspace
+from musicray.checkpoints import MODEL_FILES, newest_checkpoint, read_model_files, restore_training, write_training_checkpoint
 from musicray.generation import MODEL_NAME, held_out_score, split_tracks, track_labels, track_logmels, workspace_layout
-from musicray.schemas import features_dir, parquet_files, read_features
+from musicray.schemas import parquet_files, read_features
 from ray_jobs.common import init_ray, publish_best, run_config
 
 SELECTION_METRIC = "val_loss"
@@ -120,7 +119,7 @@ def training_dataset(root: str, model: LSTMGenerator, tracks: dict[str, tuple[in
     """Token rows of the training tracks, each ``copies`` times (one random window per row and
     epoch), read and tokenised once in parallel, then kept in the object store (2 bytes per
     frame) so that epochs do not decode Parquet again."""
-    files = parquet_files(features_dir(root))
+    files = parquet_files(workspace.features_dir(root))
     fs, _ = storage.resolve(files[0])
     source = ray.data.read_parquet([storage.resolve(f)[1] for f in files], filesystem=fs).select_columns(
         ["track_id", "extracted_at", "crop_frames", "logmel"])
@@ -356,7 +355,7 @@ def run_train_generator(root: str, *, settings: GeneratorSettings = GeneratorSet
     ``callbacks`` are Ray Train callbacks (the quickstart's progress bar)."""
     root = storage.normalize(root)
     run_id = run_id or f"{MODEL_NAME}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
-    models_uri = storage.join(root, "models", MODEL_NAME)
+    models_uri = workspace.models_dir(root, MODEL_NAME)
     run_uri = storage.join(models_uri, run_id)
     inputs = prepare_generator(root, settings, model_config, run_uri, progress)
     trainer = make_trainer(inputs.model, ray.put(inputs.validation), inputs.dataset, settings, run_uri,

@@ -45,8 +45,8 @@ from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from models import GENERATORS, RECOMMENDERS, SEARCH_SPACES, model_class
-from musicray import plots, storage
-from ray_jobs.common import best_config_uri, cluster_resources, init_ray, parse_model_config, run_config
+from musicray import plots, storage, workspace
+from ray_jobs.common import cluster_resources, init_ray, parse_model_config, run_config
 from ray_jobs.train import SELECTION_METRIC as RECOMMENDER_METRIC
 from ray_jobs.train import TrainSettings, full_model_config, make_trainer, prepare_data, worker_inputs
 from ray_jobs.train_generator import SELECTION_METRIC as GENERATOR_METRIC
@@ -224,7 +224,7 @@ def run_tune(model: str, root: str, sessions: str | None, *, samples: int, name:
     root = storage.normalize(root)
     name = name or f"{model}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
     fixed = dict(fixed or {})
-    experiment_uri = storage.join(root, "tune", name)
+    experiment_uri = workspace.tune_dir(root, name)
     fs, experiment_path = storage.resolve(experiment_uri)
     search_file = storage.join(experiment_uri, "search.json")
     arguments = {"model": model, "sessions": sessions, "samples": samples, "epochs": epochs, "seed": seed,
@@ -282,7 +282,7 @@ def run_tune(model: str, root: str, sessions: str | None, *, samples: int, name:
             tune_config=ray.tune.TuneConfig(metric=metric, mode=mode, num_samples=samples, search_alg=search_alg,
                                             scheduler=asha if scheduler == "asha" else FIFOScheduler(),
                                             max_concurrent_trials=concurrency),
-            run_config=ray.tune.RunConfig(name=name, storage_path=storage.resolve(storage.join(root, "tune"))[1],
+            run_config=ray.tune.RunConfig(name=name, storage_path=storage.resolve(workspace.tune_dir(root))[1],
                                           storage_filesystem=fs, callbacks=callbacks, verbose=1),
         )
         storage.write_text(search_file, json.dumps(arguments, indent=2))
@@ -298,7 +298,7 @@ def run_tune(model: str, root: str, sessions: str | None, *, samples: int, name:
     outcome = summarize(grid, name, model, metric, mode, root, resumed, complete, fixed, statuses)
     write_report(outcome, arguments)
     if publish and complete:  # the report first, the file `musicray train` reads last
-        storage.write_text(best_config_uri(root, model), json.dumps(outcome.best, indent=2))
+        storage.write_text(workspace.best_config_file(root, model), json.dumps(outcome.best, indent=2))
     return outcome
 
 
@@ -336,7 +336,7 @@ def summarize(grid, name: str, model: str, metric: str, mode: str, root: str, re
                    "model_config": {**fixed, **{k: plain(v) for k, v in config["model"].items()}},
                    "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return SearchOutcome(name, model, metric, mode, rows, curves, best_config, resumed, complete,
-                         storage.join(root, "reports", "tune", name), sum(len(c) for c in curves.values()))
+                         workspace.reports_dir(root, "tune", name), sum(len(c) for c in curves.values()))
 
 
 def write_report(outcome: SearchOutcome, arguments: dict) -> None:
@@ -426,7 +426,7 @@ def main(argv=None) -> int:
     if not outcome.complete:
         print(f"search interrupted: run again with --name {outcome.name} to finish it (no best config written)")
         return 1
-    print(f"best config written to {best_config_uri(args.root, outcome.model)}")
+    print(f"best config written to {workspace.best_config_file(args.root, outcome.model)}")
     return 0
 
 

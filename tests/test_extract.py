@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from musicray import storage
+from musicray import storage, workspace
 from musicray.catalog import CatalogError, load_catalog
 from musicray.features import FeatureConfig
-from musicray.schemas import errors_dir, features_dir, features_schema, parquet_files, read_features
+from musicray.schemas import features_schema, parquet_files, read_features
 from ray_jobs import extract
 from tests.conftest import audio_bytes, write_catalog
 
@@ -66,14 +66,14 @@ def test_every_track_is_done_skipped_or_failed_and_reruns_decode_nothing(ray_clu
     assert frame.loc["flac-8k-mono", "duration_s"] == pytest.approx(3.0, abs=0.01)
     assert frame.loc["name with spaces", "uri"].endswith("my song – été ♪.flac")
 
-    errors = pq.read_table(parquet_files(errors_dir(root))[0]).to_pandas().set_index("track_id")
+    errors = pq.read_table(parquet_files(workspace.errors_dir(root))[0]).to_pandas().set_index("track_id")
     assert sorted(errors.index) == sorted(bad_tracks())
     assert errors.loc["missing", "error_kind"] == "missing" and (errors["message"].str.len() > 0).all()
 
-    files_before = {uri: storage.read_bytes(uri) for uri in parquet_files(features_dir(root))}
+    files_before = {uri: storage.read_bytes(uri) for uri in parquet_files(workspace.features_dir(root))}
     second = extract.run_extract(str(manifest), root, config=CONFIG)
     assert (second.done, second.skipped, second.failed) == (0, 6, 6)  # only the failures are retried
-    files_after = {uri: storage.read_bytes(uri) for uri in parquet_files(features_dir(root))}
+    files_after = {uri: storage.read_bytes(uri) for uri in parquet_files(workspace.features_dir(root))}
     assert files_after == files_before  # nothing re-extracted, nothing rewritten
 
 
@@ -96,7 +96,7 @@ def test_changed_and_removed_tracks(ray_cluster, tmp_path):
     assert not np.allclose(after.loc["mp3", "chroma_mean"], before.loc["mp3", "chroma_mean"])
     assert after.loc["wav-44k-stereo", "content_hash"] == before.loc["wav-44k-stereo", "content_hash"]
     # one row per track in the files themselves, not only after the reader's de-duplication
-    rows = sum(pq.read_metadata(io.BytesIO(storage.read_bytes(u))).num_rows for u in parquet_files(features_dir(root)))
+    rows = sum(pq.read_metadata(io.BytesIO(storage.read_bytes(u))).num_rows for u in parquet_files(workspace.features_dir(root)))
     assert rows == len(tracks)
 
     longer = extract.run_extract(str(manifest), root, config=FeatureConfig(crop_seconds=5.0))

@@ -14,12 +14,11 @@ import torch
 
 from models import GENERATORS, RECOMMENDERS, build
 from models.lstm_generator import LSTMGenerator, fit_codebook, kmeans
-from musicray import cli, storage
-from musicray.checkpoints import latest_pointer
+from musicray import cli, storage, workspace
 from musicray.features import FeatureConfig, FeatureExtractor
 from musicray.generation import (evaluate_generation, evaluate_workspace, frechet_distance, generation_report,
                                  held_out_tracks, load_generator, split_tracks, write_audio)
-from musicray.schemas import catalog_file, features_dir, features_schema
+from musicray.schemas import features_schema
 from musicray.vocoder import Vocoder
 from ray_jobs import evaluate, generate
 from ray_jobs.train_generator import GeneratorSettings, run_train_generator
@@ -201,12 +200,12 @@ def write_workspace(root) -> None:
     table = pa.Table.from_pylist(rows, schema=schema)
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
-    storage.write_bytes(storage.join(features_dir(root), "part-0.parquet"), buffer.getvalue())
+    storage.write_bytes(storage.join(workspace.features_dir(root), "part-0.parquet"), buffer.getvalue())
     catalog = pa.table({"track_id": list(TRACKS), "uri": [f"{t}.wav" for t in TRACKS],
                         "label": [label for label, _ in TRACKS.values()]})
     buffer = io.BytesIO()
     pq.write_table(catalog, buffer)
-    storage.write_bytes(catalog_file(root), buffer.getvalue())
+    storage.write_bytes(workspace.catalog_file(root), buffer.getvalue())
 
 
 SETTINGS = GeneratorSettings(epochs=3, batch_size=4, crop_frames=48, max_failures=0, codebook_frames=5000,
@@ -220,7 +219,7 @@ def trained(ray_cluster, tmp_path_factory):
     write_workspace(root)
     with pytest.raises(Exception, match="(?i)fail|died|error"):
         run_train_generator(root, settings=SETTINGS, run_id="gen", model_config=SMALL, crash_after_epoch=1)
-    published_after_crash = storage.read_pointer(latest_pointer(root, "generator"))
+    published_after_crash = storage.read_pointer(workspace.model_pointer(root, "generator"))
     killed = [json.loads(storage.read_text(f.uri))["history"]
               for f in storage.list_files(f"{root}/models/generator/gen")
               if f.uri.endswith("config.json") and "/checkpoint_" in f.uri]
@@ -235,7 +234,7 @@ def test_training_resumes_after_a_crash_and_publishes_the_best(trained):
     assert result.history[:2] == max(killed, key=len)  # epochs 0 and 1 restored, not trained again
     assert result.best["val_loss"] == min(h["val_loss"] for h in result.history)
     assert result.labels == ["high", "low"] and result.train_tracks + result.validation_tracks == len(TRACKS)
-    assert storage.read_pointer(latest_pointer(root, "generator")) == "gen"
+    assert storage.read_pointer(workspace.model_pointer(root, "generator")) == "gen"
     generator = load_generator(root)
     assert generator.metrics["epoch"] == result.best["epoch"] and generator.model.config.labels == ["high", "low"]
     assert generator.model.codebook.abs().sum() > 0  # the fitted codebook travels in the state_dict

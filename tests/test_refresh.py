@@ -13,9 +13,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from musicray import checkpoints, snapshots, storage
+from musicray import snapshots, storage
+from musicray import workspace as layout
 from ray_jobs import refresh
-from musicray.schemas import features_dir, parquet_files
+from musicray.schemas import parquet_files
 from ray_jobs.extract import run_extract
 from tests.conftest import audio_bytes
 from tests.workspace import MODELS, publish_models
@@ -114,7 +115,7 @@ def test_refresh_publishes_a_snapshot_and_follows_catalog_changes(demo, workspac
 def test_a_track_left_twice_by_an_interrupted_extraction_is_embedded_once(demo, workspace):
     root, _, _ = workspace
     # A run stopped between writing its rows and retiring the old ones leaves the same rows in two files.
-    part = parquet_files(features_dir(root))[0]
+    part = parquet_files(layout.features_dir(root))[0]
     storage.write_bytes(part.replace(".parquet", "-copy.parquet"), storage.read_bytes(part))
     report = refresh.run_refresh(str(demo.manifest), root)
     assert report.published and report.tracks == report.embedded == 24
@@ -131,23 +132,23 @@ def test_a_failure_half_way_leaves_the_previous_snapshot_published(demo, workspa
 
         with pytest.raises(Injected):
             refresh.run_refresh(str(demo.manifest), root, on_stage=fail)
-        assert storage.read_pointer(snapshots.latest_pointer(root)) == good.snapshot_id
+        assert storage.read_pointer(layout.snapshot_pointer(root)) == good.snapshot_id
         assert load_latest(root).id == good.snapshot_id
     # The two partial folders hold vectors (and indexes) but no manifest: never complete.
-    partial = [s for s in storage.list_dirs(snapshots.embeddings_dir(root)) if s != good.snapshot_id]
+    partial = [s for s in storage.list_dirs(layout.embeddings_dir(root)) if s != good.snapshot_id]
     assert len(partial) == 2 and snapshots.complete_snapshots(root) == [good.snapshot_id]
 
     again = refresh.run_refresh(str(demo.manifest), root, keep=1)
     assert again.published and load_latest(root).id == again.snapshot_id
     assert snapshots.complete_snapshots(root) == [again.snapshot_id]
-    assert set(storage.list_dirs(snapshots.embeddings_dir(root))) == {again.snapshot_id, *partial}  # young: kept
+    assert set(storage.list_dirs(layout.embeddings_dir(root))) == {again.snapshot_id, *partial}  # young: kept
 
 
 def test_a_corrupt_model_fails_the_refresh_before_publishing(demo, workspace):
     root, catalog, _ = workspace
     good = refresh.run_refresh(str(demo.manifest), root)
     runs = publish_models(root, sorted(catalog["track_id"])[:16], run="broken", models=("lstm",))
-    state = checkpoints.model_dir(root, "lstm", runs["lstm"]) + "/state_dict.pt"
+    state = layout.model_dir(root, "lstm", runs["lstm"]) + "/state_dict.pt"
     storage.write_bytes(state, b"not a checkpoint")
     with pytest.raises(Exception, match="(?i)state_dict|pickle|zip|load"):
         refresh.run_refresh(str(demo.manifest), root)
@@ -195,13 +196,13 @@ def test_a_reader_follows_latest_when_a_prune_removes_what_it_was_loading(tmp_pa
     older, newer = snapshots.new_snapshot_id(), snapshots.new_snapshot_id()
     for snapshot_id in (older, newer):
         snapshots.write_manifest(root, snapshot_id, {"snapshot": snapshot_id, "models": {}, "files": []})
-    storage.publish(snapshots.latest_pointer(root), older)
+    storage.publish(layout.snapshot_pointer(root), older)
     loads = []
 
     def load(snapshot):  # half-way through, a refresh publishes `newer` and prunes `older`
         loads.append(snapshot.id)
         if snapshot.id == older:
-            storage.publish(snapshots.latest_pointer(root), newer)
+            storage.publish(layout.snapshot_pointer(root), newer)
             assert snapshots.prune(root, keep=1) == [older]
         return json.loads(storage.read_text(storage.join(snapshot.uri, snapshots.MANIFEST)))["snapshot"]
 

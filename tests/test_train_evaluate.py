@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from musicray import storage
-from musicray.checkpoints import latest_pointer, load_trained
+from musicray import workspace as layout
+from musicray.checkpoints import load_trained
 from musicray.features import FeatureConfig
 from ray_jobs import evaluate, extract, train
 from ray_jobs.train import TrainSettings, run_train
@@ -33,14 +34,14 @@ def test_killed_run_resumes_with_the_epoch_counter_continuing(workspace):
     # registered that checkpoint (or even epoch 0's): resuming must still start at epoch 2.
     with pytest.raises(Exception, match="(?i)fail|died|error"):
         run_train("rnn", root, str(demo.sessions_train), settings=settings, run_id="resume-me", crash_after_epoch=1)
-    assert storage.read_pointer(latest_pointer(root, "rnn")) is None  # nothing published by a failed run
+    assert storage.read_pointer(layout.model_pointer(root, "rnn")) is None  # nothing published by a failed run
     killed = [json.loads(storage.read_text(f.uri))["history"] for f in storage.list_files(f"{root}/models/rnn/resume-me")
               if f.uri.endswith("config.json") and "/checkpoint_" in f.uri]
 
     result = run_train("rnn", root, str(demo.sessions_train), settings=settings, run_id="resume-me")
     assert [h["epoch"] for h in result.history] == [0, 1, 2]
     assert result.history[:2] == max(killed, key=len)  # epochs 0 and 1 restored, not trained again
-    assert storage.read_pointer(latest_pointer(root, "rnn")) == "resume-me"
+    assert storage.read_pointer(layout.model_pointer(root, "rnn")) == "resume-me"
 
 
 def test_every_model_trains_then_evaluates_against_baselines(workspace, tmp_path):

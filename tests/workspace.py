@@ -9,7 +9,7 @@ from torch import nn
 
 from models import build
 from models.modules import fit_standardizers
-from musicray import checkpoints, storage
+from musicray import checkpoints, storage, workspace
 from musicray.content import TrackCatalog
 
 MODELS = ("lstm", "autoencoder")
@@ -20,8 +20,8 @@ def publish_model(root: str, name: str, run: str, model: nn.Module, vocabulary: 
     with tempfile.TemporaryDirectory() as local:  # written locally, then copied as training uploads
         checkpoints.write_model_files(local, name, model.eval(), vocabulary)
         for path in Path(local).iterdir():
-            storage.write_bytes(storage.join(checkpoints.model_dir(root, name, run), path.name), path.read_bytes())
-    storage.publish(checkpoints.latest_pointer(root, name), run)
+            storage.write_bytes(storage.join(workspace.model_dir(root, name, run), path.name), path.read_bytes())
+    storage.publish(workspace.model_pointer(root, name), run)
 
 
 def publish_models(root: str, vocabulary: list[str], run: str = "r1", models=MODELS) -> dict[str, str]:
