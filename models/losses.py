@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.modules import step_context
+
 
 class NegativeSampler:
     def __init__(self, play_counts: torch.Tensor, n_negatives: int, alpha: float = 0.75):
@@ -45,10 +47,12 @@ class NextTrackObjective(nn.Module):
 
         ``items`` (B, L) catalog indices of each session's plays, -1 padded; ``hours`` and
         ``weekdays`` (B, L) of each play; ``content`` (N, D) and ``ids`` (N,) describe the
-        catalog. With ``negatives`` (S,) and ``log_q`` (N,) the softmax is sampled.
+        catalog. With ``negatives`` (S,) and ``log_q`` (N,) the softmax is sampled. Each step
+        reads the context of the play it predicts (``step_context``), as in evaluation and serving.
         """
         model = self.model
         inputs, targets = items[:, :-1], items[:, 1:]
+        step_hours, step_weekdays = step_context(hours, weekdays, (items >= 0).sum(1))
         step_mask = targets >= 0
         if negatives is None:
             vectors = model.track_vectors(content, ids)
@@ -57,7 +61,7 @@ class NextTrackObjective(nn.Module):
             needed, inverse = torch.unique(torch.cat([items.clamp(min=0).flatten(), negatives]), return_inverse=True)
             vectors = model.track_vectors(content[needed], ids[needed])
             index = inverse[: items.numel()].view_as(items)
-        queries = model(vectors[index[:, :-1]], inputs >= 0, hours[:, 1:], weekdays[:, 1:])[step_mask]
+        queries = model(vectors[index[:, :-1]], inputs >= 0, step_hours[:, :-1], step_weekdays[:, :-1])[step_mask]
         target_ids = targets[step_mask]
 
         if negatives is None:

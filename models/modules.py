@@ -105,6 +105,31 @@ class ContextEmbedding(nn.Module):
         return self.hour(hours) + self.weekday(weekdays)
 
 
+def step_context(hours: torch.Tensor, weekdays: torch.Tensor, lengths: torch.Tensor,
+                 next_hour: torch.Tensor | None = None,
+                 next_weekday: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hour and weekday each step of a history is read with: those of the play it predicts.
+
+    ``hours`` and ``weekdays`` (B, L) belong to each history's plays (-1 padded after ``lengths``).
+    Step t predicts play t + 1, so it gets play t + 1's context; the last step (``lengths - 1``)
+    predicts the play after the history and gets ``next_hour`` / ``next_weekday`` (B,), or -1
+    (unknown) without them. Returns (B, L) each, -1 past the last step.
+
+    Training (``NextTrackObjective``), evaluation and serving all go through this one function
+    (the latter two by ``musicray.sessions.encode_histories``), so a query at step t means the
+    same thing wherever it is computed.
+    """
+    steps = torch.arange(hours.shape[1], device=hours.device)
+    last = steps[None, :] == (lengths - 1)[:, None]  # (B, L); an empty history has no last step
+
+    def shifted(values: torch.Tensor, next_value: torch.Tensor | None) -> torch.Tensor:
+        following = torch.cat([values[:, 1:], torch.full_like(values[:, :1], -1)], dim=1)
+        after = -1 if next_value is None else next_value.to(values.dtype)[:, None]
+        return torch.where(last, after, following)
+
+    return shifted(hours, next_hour), shifted(weekdays, next_weekday)
+
+
 def recency_pool(vectors: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
     """At every step t, the mean of the vectors at steps <= t weighted by ``decay ** (t - s)``.
 

@@ -29,14 +29,14 @@ import torch
 
 from models import RECOMMENDERS
 from musicray import plots, storage, workspace
+from musicray.baselines import baselines, mfcc_baseline_vectors
 from musicray.checkpoints import load_trained
 from musicray.content import TrackCatalog
-from musicray.evaluation import (baselines, cold_tracks, evaluate, label_precision_at_k, make_examples,
-                                 mfcc_baseline_vectors, paired_difference)
 from musicray.generation import evaluate_workspace, generation_report
+from musicray.metrics import evaluate, label_precision_at_k, paired_difference
 from musicray.schemas import read_features
 from musicray.scoring import ModelScorer
-from musicray.sessions import load_log
+from musicray.sessions import cold_tracks, load_log, make_examples
 
 HEADLINE = ("HR@20", "MRR@20")
 

@@ -1,4 +1,5 @@
-"""Evaluation protocol: examples, ranks and metrics, the five baselines, label precision."""
+"""Evaluation protocol: examples (sessions.py), ranks and metrics (metrics.py), the five baselines and
+the MFCC space (baselines.py), label precision."""
 
 import math
 
@@ -7,8 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from musicray import evaluation as ev
-from musicray.evaluation import MAX_PREFIX, make_examples, metrics_from_ranks, rank_of_targets
+from musicray.baselines import (ItemKNN, Markov, Popularity, SequentialRules, SessionKNN, baselines,
+                                mfcc_baseline_vectors)
+from musicray.metrics import (Scorer, evaluate, label_precision_at_k, metrics_from_ranks, paired_difference,
+                              per_target, rank_of_targets)
+from musicray.sessions import MAX_PREFIX, cold_tracks, make_examples
 
 START = pd.Timestamp("2026-01-05 08:00", tz="UTC")  # a Monday
 
@@ -118,6 +122,7 @@ def test_make_examples_positions_prefixes_and_times():
     assert examples.items[:, :4].tolist() == [[0, -1, -1, -1], [0, 1, -1, -1], [0, 1, 2, -1], [5, -1, -1, -1]]
     assert (examples.items[:, 4:] == -1).all()
     assert examples.hours[2, :4].tolist() == [8, 8, 8, -1]
+    assert examples.weekdays[3, :2].tolist() == [2, -1]
     assert examples.target_hour.tolist() == [8, 8, 8, 8]
     assert examples.target_weekday.tolist() == [0, 0, 0, 2]  # s3 is two days later: Wednesday
     assert examples.user_ids == ["u1"] * 4
@@ -161,7 +166,7 @@ def test_make_examples_validates_its_inputs():
 
 def test_cold_tracks_are_the_catalog_tracks_never_played():
     train = log({"s1": ["t0", "t1", "elsewhere"]})
-    assert ev.cold_tracks(train, ["t0", "t1", "t2", "t3"]) == {"t2", "t3"}
+    assert cold_tracks(train, ["t0", "t1", "t2", "t3"]) == {"t2", "t3"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,12 +181,12 @@ def examples_of(n_sessions: int, cold: set[str] = frozenset()):
 
 def test_evaluate_a_perfect_and_a_constant_scorer():
     examples = examples_of(10)
-    perfect = ev.evaluate(Oracle(30), examples, batch_size=7)
+    perfect = evaluate(Oracle(30), examples, batch_size=7)
     assert perfect["n"] == 40 and perfect["n_cold"] == 0 and perfect["cold"] == {}
     assert all(value == 1.0 for value in perfect["all"].values())
     assert perfect["seconds"] >= 0
 
-    constant = ev.evaluate(Constant(30), examples)
+    constant = evaluate(Constant(30), examples)
     assert all(value == 0.0 for value in constant["all"].values())  # every target ranks 30th
 
 
@@ -190,7 +195,7 @@ def test_evaluate_reports_cold_targets_separately():
     cold = examples.cold
     assert 0 < int(cold.sum()) < len(examples)
 
-    result = ev.evaluate(Oracle(30, miss={0, 1, 2}), examples)
+    result = evaluate(Oracle(30, miss={0, 1, 2}), examples)
     assert result["n_cold"] == int(cold.sum())
     assert result["all"]["HR@10"] == pytest.approx(1 - cold.float().mean().item())
     assert all(value == 0.0 for value in result["cold"].values())
@@ -205,11 +210,11 @@ def test_evaluate_rejects_wrong_scores_and_empty_examples():
 
     examples = examples_of(3)
     with pytest.raises(ValueError, match="'wrong' returned scores of shape"):
-        ev.evaluate(WrongShape(), examples)
+        evaluate(WrongShape(), examples)
     with pytest.raises(ValueError, match="non-empty"):
-        ev.evaluate(Oracle(30), examples.batch(0, 0))
+        evaluate(Oracle(30), examples.batch(0, 0))
     with pytest.raises(ValueError, match="batch_size"):
-        ev.evaluate(Oracle(30), examples, batch_size=0)
+        evaluate(Oracle(30), examples, batch_size=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,11 +250,11 @@ def index(track: str) -> int:
 
 
 def test_popularity_ranks_the_most_played_first(train):
-    scorer = ev.Popularity(train, BASELINE_CATALOG)
+    scorer = Popularity(train, BASELINE_CATALOG)
     assert ranks_for(scorer, [["a"], ["d", "e"]], ["g", "g"]) == [1, 1]
 
 
-@pytest.mark.parametrize("baseline", [ev.Markov, ev.SequentialRules, ev.ItemKNN])
+@pytest.mark.parametrize("baseline", [Markov, SequentialRules, ItemKNN])
 def test_sequence_baselines_follow_the_pattern(train, baseline):
     scorer = baseline(train, BASELINE_CATALOG)
     # after a -> b comes c; after d -> e comes f: item-kNN gets there through the decayed
@@ -257,33 +262,33 @@ def test_sequence_baselines_follow_the_pattern(train, baseline):
     assert ranks_for(scorer, [["a", "b"], ["d", "e"], ["g"]], ["c", "f", "h"]) == [1, 1, 1]
 
 
-@pytest.mark.parametrize("baseline", [ev.Markov, ev.SequentialRules])
+@pytest.mark.parametrize("baseline", [Markov, SequentialRules])
 def test_transition_baselines_rank_the_next_track_first(train, baseline):
     assert ranks_for(baseline(train, BASELINE_CATALOG), [["a"], ["d"]], ["b", "e"]) == [1, 1]
 
 
-@pytest.mark.parametrize("baseline", [ev.Markov, ev.SequentialRules, ev.ItemKNN, ev.SessionKNN])
+@pytest.mark.parametrize("baseline", [Markov, SequentialRules, ItemKNN, SessionKNN])
 def test_unknown_context_falls_back_to_popularity(train, baseline):
     """z was never played: every score is 0 but for the popularity tie-breaker."""
     assert ranks_for(baseline(train, BASELINE_CATALOG), [["z"]], ["g"]) == [1]
 
 
 def test_sequential_rules_weigh_rules_by_distance(train):
-    scorer = ev.SequentialRules(train, BASELINE_CATALOG)
+    scorer = SequentialRules(train, BASELINE_CATALOG)
     scores = scorer.score(make_examples(log({"t": ["p", "q"]}), BASELINE_CATALOG))[0]
     # from p: q one step later (1), r two steps (1/2), s three steps (1/3)
     assert scores[index("q")] > scores[index("r")] > scores[index("s")] > scores[index("a")]
 
 
 def test_item_knn_does_not_recommend_the_item_itself(train):
-    scorer = ev.ItemKNN(train, BASELINE_CATALOG, history=1)
+    scorer = ItemKNN(train, BASELINE_CATALOG, history=1)
     scores = scorer.score(make_examples(log({"t": ["g", "h"]}), BASELINE_CATALOG))[0]  # prefix: g
     assert scores.argmax() == index("h")
     assert scores[index("g")] < 1e-5  # only the popularity tie-breaker
 
 
 def test_session_knn_recovers_the_continuation_of_a_seen_session(train):
-    scorer = ev.SessionKNN(train, BASELINE_CATALOG)
+    scorer = SessionKNN(train, BASELINE_CATALOG)
     examples = make_examples(log({"t": ["p", "q", "r", "s"]}), BASELINE_CATALOG)
     last = examples.batch(2, 3)  # prefix p q r -> s
     scores = scorer.score(last)[0]
@@ -298,22 +303,22 @@ def test_session_knn_recovers_the_continuation_of_a_seen_session(train):
 def test_session_knn_keeps_k_neighbours_and_the_most_recent_sample(train):
     prefix = make_examples(log({"t": ["q", "a", "b", "c"]}), BASELINE_CATALOG).batch(2, 3)  # q a b
     # the abc sessions share 2 of 3 tracks (cosine 2/3); pqrs and xqy share q (1/sqrt(12), 1/3)
-    one_neighbour = ev.SessionKNN(train, BASELINE_CATALOG, k=1).score(prefix)[0]
+    one_neighbour = SessionKNN(train, BASELINE_CATALOG, k=1).score(prefix)[0]
     assert one_neighbour[index("c")] > 0.99
     assert one_neighbour[index("x")] < 1e-5 and one_neighbour[index("p")] < 1e-5
     # sessions start a day apart in the fixture's order: the most recent holding q, a or b is xqy
-    recent = ev.SessionKNN(train, BASELINE_CATALOG, sample_size=1).score(prefix)[0]
+    recent = SessionKNN(train, BASELINE_CATALOG, sample_size=1).score(prefix)[0]
     assert recent[index("x")] > 0.99 and recent[index("c")] < 1e-5
 
 
 def test_baselines_evaluate_together(train):
-    scorers = ev.baselines(train, BASELINE_CATALOG)
+    scorers = baselines(train, BASELINE_CATALOG)
     assert [s.name for s in scorers] == ["popularity", "item-knn", "session-knn", "sequential-rules", "markov"]
     test = log({"t1": ["a", "b", "c"], "t2": ["d", "e", "f", "z"]})
-    examples = make_examples(test, BASELINE_CATALOG, ev.cold_tracks(train, BASELINE_CATALOG))
+    examples = make_examples(test, BASELINE_CATALOG, cold_tracks(train, BASELINE_CATALOG))
     for scorer in scorers:
-        assert isinstance(scorer, ev.Scorer)
-        result = ev.evaluate(scorer, examples)
+        assert isinstance(scorer, Scorer)
+        result = evaluate(scorer, examples)
         assert result["n"] == 5 and result["n_cold"] == 1
         if scorer.name in ("markov", "sequential-rules"):
             assert result["all"]["HR@10"] == pytest.approx(4 / 5)  # all but the cold z
@@ -321,17 +326,17 @@ def test_baselines_evaluate_together(train):
 
 def test_baselines_validate_their_inputs(train):
     with pytest.raises(ValueError, match="train lacks the column"):
-        ev.Markov(train.drop(columns="session_id"), BASELINE_CATALOG)
+        Markov(train.drop(columns="session_id"), BASELINE_CATALOG)
     with pytest.raises(ValueError, match="train is empty"):
-        ev.Popularity(train.iloc[:0], BASELINE_CATALOG)
+        Popularity(train.iloc[:0], BASELINE_CATALOG)
     with pytest.raises(ValueError, match="neighbours"):
-        ev.ItemKNN(train, BASELINE_CATALOG, neighbours=0)
+        ItemKNN(train, BASELINE_CATALOG, neighbours=0)
     with pytest.raises(ValueError, match="window"):
-        ev.SequentialRules(train, BASELINE_CATALOG, window=0)
+        SequentialRules(train, BASELINE_CATALOG, window=0)
     examples = make_examples(log({"t": ["a", "b"]}), BASELINE_CATALOG + ["extra"])
     examples.items[0, 0] = len(BASELINE_CATALOG)  # a track of a bigger catalog
     with pytest.raises(ValueError, match="beyond this baseline's catalog"):
-        ev.Markov(train, BASELINE_CATALOG).score(examples)
+        Markov(train, BASELINE_CATALOG).score(examples)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,14 +348,14 @@ def test_label_precision_is_one_on_clustered_vectors():
     labels = np.repeat(np.arange(4), 300)  # 1200 items: more than one chunk of neighbours
     centres = np.eye(8)[:4] * 10
     vectors = centres[labels] + rng.normal(size=(1200, 8))
-    assert ev.label_precision_at_k(vectors, labels.tolist()) == 1.0
-    assert ev.label_precision_at_k(torch.from_numpy(vectors), [f"style{i}" for i in labels]) == 1.0
+    assert label_precision_at_k(vectors, labels.tolist()) == 1.0
+    assert label_precision_at_k(torch.from_numpy(vectors), [f"style{i}" for i in labels]) == 1.0
 
 
 def test_label_precision_is_chance_on_random_vectors():
     rng = np.random.default_rng(1)
     labels = rng.permutation(np.repeat(["a", "b", "c", "d"], 500))
-    precision = ev.label_precision_at_k(rng.normal(size=(2000, 16)), labels)
+    precision = label_precision_at_k(rng.normal(size=(2000, 16)), labels)
     assert precision == pytest.approx(0.25, abs=0.03)
 
 
@@ -359,16 +364,16 @@ def test_label_precision_excludes_the_item_itself():
     base = np.eye(6) * 5
     vectors = np.repeat(base, 2, axis=0)
     labels = [f"{i}{side}" for i in range(6) for side in "LR"]
-    assert ev.label_precision_at_k(vectors, labels, k=1) == 0.0
+    assert label_precision_at_k(vectors, labels, k=1) == 0.0
 
 
 def test_label_precision_validates_its_inputs():
     with pytest.raises(ValueError, match="labels has 3"):
-        ev.label_precision_at_k(np.zeros((20, 2)), ["a"] * 3)
+        label_precision_at_k(np.zeros((20, 2)), ["a"] * 3)
     with pytest.raises(ValueError, match="more than k"):
-        ev.label_precision_at_k(np.zeros((5, 2)), ["a"] * 5)
+        label_precision_at_k(np.zeros((5, 2)), ["a"] * 5)
     with pytest.raises(ValueError, match="NaN"):
-        ev.label_precision_at_k(np.full((20, 2), np.nan), ["a"] * 20)
+        label_precision_at_k(np.full((20, 2), np.nan), ["a"] * 20)
 
 
 def test_mfcc_baseline_vectors_are_z_scored():
@@ -377,40 +382,40 @@ def test_mfcc_baseline_vectors_are_z_scored():
         "mfcc_mean": list(rng.normal(5, 3, size=(50, 20))),
         "mfcc_std": [np.r_[rng.normal(size=19), 1.0] for _ in range(50)],  # last dimension constant
     })
-    vectors = ev.mfcc_baseline_vectors(features)
+    vectors = mfcc_baseline_vectors(features)
     assert vectors.shape == (50, 40) and vectors.dtype == np.float32
     np.testing.assert_allclose(vectors.mean(axis=0), 0, atol=1e-5)
     np.testing.assert_allclose(vectors[:, :39].std(axis=0), 1, atol=1e-5)
     assert (vectors[:, 39] == 0).all()
     with pytest.raises(ValueError, match="lacks the column"):
-        ev.mfcc_baseline_vectors(features.drop(columns="mfcc_std"))
+        mfcc_baseline_vectors(features.drop(columns="mfcc_std"))
     with pytest.raises(ValueError, match="equal-length"):
-        ev.mfcc_baseline_vectors(pd.DataFrame({"mfcc_mean": [[1.0, 2.0], [1.0]], "mfcc_std": [[1.0], [1.0]]}))
+        mfcc_baseline_vectors(pd.DataFrame({"mfcc_mean": [[1.0, 2.0], [1.0]], "mfcc_std": [[1.0], [1.0]]}))
 
 
 def test_per_target_values_average_to_the_metrics():
     ranks = torch.tensor([1, 2, 5, 11, 20, 21, 300])
-    metrics = ev.metrics_from_ranks(ranks)
+    metrics = metrics_from_ranks(ranks)
     for metric in ("HR@10", "MRR@20", "NDCG@20"):
-        assert ev.per_target(ranks, metric).mean().item() == pytest.approx(metrics[metric])
+        assert per_target(ranks, metric).mean().item() == pytest.approx(metrics[metric])
     with pytest.raises(ValueError, match="HR@K, MRR@K or NDCG@K"):
-        ev.per_target(ranks, "MAP@10")
+        per_target(ranks, "MAP@10")
 
 
 def test_paired_difference_separates_a_real_lead_from_a_tie():
     generator = torch.Generator().manual_seed(1)
     base = torch.randint(1, 40, (2000,), generator=generator)
-    same = ev.paired_difference(base, base, "MRR@20")
+    same = paired_difference(base, base, "MRR@20")
     assert same == (0.0, 0.0, 0.0)
 
     better = torch.clamp(base - 3, min=1)  # every target ranked up to 3 places higher
-    difference, low, high = ev.paired_difference(better, base, "MRR@20")
+    difference, low, high = paired_difference(better, base, "MRR@20")
     assert 0 < low <= difference <= high
 
     swapped = base.clone()  # the same ranks, two targets exchanged: a lead of ~nothing
     swapped[[0, 1]] = torch.tensor([1, 39])
-    difference, low, high = ev.paired_difference(swapped, base, "HR@20")
+    difference, low, high = paired_difference(swapped, base, "HR@20")
     assert low <= difference <= high and low <= 0 <= high
 
     with pytest.raises(ValueError, match="same non-empty targets"):
-        ev.paired_difference(base, base[:10], "MRR@20")
+        paired_difference(base, base[:10], "MRR@20")

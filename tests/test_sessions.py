@@ -1,9 +1,16 @@
-"""Listening logs: timestamps as epoch seconds, sessions cut at 30-minute gaps, padded windows."""
+"""Listening logs: timestamps as epoch seconds, sessions cut at 30-minute gaps, padded windows;
+histories as the models read them, the same in training, evaluation and serving."""
 
 import pandas as pd
 import pytest
+import torch
 
-from musicray.sessions import load_log, session_arrays, split_by_time
+from models import build
+from models.losses import NextTrackObjective
+from models.modules import fit_standardizers
+from musicray.content import TrackCatalog
+from musicray.scoring import ModelScorer, session_queries
+from musicray.sessions import MAX_PREFIX, encode_histories, load_log, make_examples, session_arrays, split_by_time
 
 
 def test_epoch_seconds_and_sessions_cut_at_30_minute_gaps(tmp_path):
@@ -43,3 +50,98 @@ def test_bad_logs_are_named(tmp_path):
     (tmp_path / "text.parquet").write_text("not parquet")
     with pytest.raises(ValueError, match="cannot read listening log .*text.parquet"):
         load_log(str(tmp_path / "text.parquet"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Histories as the models read them
+
+
+def test_each_step_reads_the_context_of_the_play_it_predicts():
+    items = torch.tensor([[4, 7, 9, -1], [3, -1, -1, -1]])
+    hours = torch.tensor([[22, 23, 0, -1], [8, -1, -1, -1]])
+    weekdays = torch.tensor([[6, 6, 0, -1], [2, -1, -1, -1]])
+    asked_hour, asked_weekday = torch.tensor([1, 9]), torch.tensor([0, 2])
+    encoded = encode_histories(items, hours, weekdays, asked_hour, asked_weekday)
+    assert encoded.items.tolist() == [[4, 7, 9, 0], [3, 0, 0, 0]]  # padding reads row 0, masked out
+    assert encoded.mask.tolist() == [[True, True, True, False], [True, False, False, False]]
+    assert encoded.lengths.tolist() == [3, 1]
+    assert encoded.hours.tolist() == [[23, 0, 1, -1], [9, -1, -1, -1]]
+    assert encoded.weekdays.tolist() == [[6, 0, 0, -1], [2, -1, -1, -1]]
+
+    unknown = encode_histories(items, hours, weekdays)  # the play asked for has no known time
+    assert unknown.hours.tolist() == [[23, 0, -1, -1], [-1, -1, -1, -1]]
+    # a serving request sends track ids only: its plays are taken to be at the requested time
+    request = encode_histories(items, next_hour=asked_hour, next_weekday=asked_weekday)
+    assert request.hours.tolist() == [[1, 1, 1, -1], [9, -1, -1, -1]]
+    assert request.weekdays.tolist() == [[0, 0, 0, -1], [2, -1, -1, -1]]
+
+    with pytest.raises(ValueError, match=f"at most {MAX_PREFIX} plays"):
+        encode_histories(torch.zeros(1, MAX_PREFIX + 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="at least one play"):
+        encode_histories(torch.tensor([[3, -1], [-1, -1]]))
+
+
+def test_training_windows_are_at_most_max_prefix_plays():
+    log = pd.DataFrame({"user_id": "u", "session_id": "s", "track_id": [f"t{i % 5}" for i in range(120)],
+                        "ts": pd.date_range("2026-01-05", periods=120, freq="10s", tz="UTC")})
+    arrays = session_arrays(log, {f"t{i}": i for i in range(5)})
+    assert arrays["items"].shape[1] == MAX_PREFIX
+
+
+N_TRACKS = 12
+
+
+def context_model(name: str) -> tuple[torch.nn.Module, TrackCatalog]:
+    """A model in eval mode whose context embeddings matter: far from their near-zero start."""
+    torch.manual_seed(0)
+    catalog = TrackCatalog([f"t{i}" for i in range(N_TRACKS)], torch.randn(N_TRACKS, 8))
+    model = build(name, content_dim=8, n_ids=N_TRACKS, dim=16)
+    fit_standardizers(model, catalog.content)
+    with torch.no_grad():
+        for table in (model.context.hour, model.context.weekday):
+            table.weight[:-1].normal_()  # the last row is "unknown", kept zero
+    return model.eval(), catalog
+
+
+def session(start: str, tracks: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({"user_id": "u", "session_id": "s", "track_id": tracks,
+                         "ts": pd.date_range(start, periods=len(tracks), freq="6min", tz="UTC")})
+
+
+def training_queries(model, catalog: TrackCatalog, plays: pd.DataFrame) -> torch.Tensor:
+    """(steps, dim + 1): the query ``NextTrackObjective`` asks the model for at each step."""
+    arrays = {k: torch.from_numpy(v) for k, v in session_arrays(plays, catalog.index).items()}
+    captured = []
+    hook = model.register_forward_hook(lambda module, args, output: captured.append(output))
+    with torch.no_grad():
+        NextTrackObjective(model)(arrays["items"], arrays["hours"], arrays["weekdays"], catalog.content,
+                                  catalog.vocabulary_ids(catalog.track_ids))
+    hook.remove()
+    return captured[0][0, : len(plays) - 1]
+
+
+@pytest.mark.parametrize("name", ["lstm", "dnn"])  # the recommenders that read the context
+def test_training_evaluation_and_serving_ask_the_same_query(name):
+    model, catalog = context_model(name)
+    scorer = ModelScorer(name, model, catalog, catalog.track_ids)
+    vectors = scorer.track_vectors
+
+    # Across midnight (Sunday 23:48 -> Monday 00:18): hour and weekday change within the session,
+    # so the query at position t is the training query at step t only if both paths read every
+    # step in the context of the play it predicts.
+    overnight = session("2026-01-04 23:48", ["t3", "t1", "t4", "t1", "t5", "t9"])
+    training = training_queries(model, catalog, overnight)
+    examples = make_examples(overnight, catalog.track_ids)
+    torch.testing.assert_close(session_queries(model, vectors, examples.histories()), training)
+    torch.testing.assert_close(scorer.score(examples), training @ vectors.T / model.temperature)
+
+    # Serving knows the history's tracks and the requested time only; within one hour of one day
+    # it asks the model exactly what training and evaluation ask.
+    morning = session("2026-01-05 08:00", ["t2", "t7", "t7", "t0", "t8"])
+    training = training_queries(model, catalog, morning)
+    examples = make_examples(morning, catalog.track_ids)
+    served = session_queries(model, vectors, encode_histories(examples.items, next_hour=torch.full((4,), 8),
+                                                              next_weekday=torch.full((4,), 0)))
+    torch.testing.assert_close(served, training)
+    other_time = encode_histories(examples.items, next_hour=torch.full((4,), 20), next_weekday=torch.full((4,), 5))
+    assert not torch.allclose(session_queries(model, vectors, other_time), training)  # the context matters
