@@ -7,11 +7,16 @@ come from the standard AWS environment / config files; ``AWS_ENDPOINT_URL`` (or
 
 Publishing follows one rule: data first, pointer last. A reader that follows a
 ``LATEST`` pointer therefore never sees a half-written result.
+
+Writes are atomic at any size: a local file is written beside its target and renamed; an S3
+object up to ``S3_PART_SIZE`` is one PUT, a larger one a multipart upload that is completed only
+once every part is in, and aborted on any error.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import posixpath
 import uuid
@@ -96,10 +101,19 @@ def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
-def write_bytes(uri: str, data: bytes) -> None:
+# S3 objects above this size go up in parts of this size (larger when 10,000 parts would not hold
+# them), so no object hits the 5 GB cap of one PUT; a failed part is resent alone, not the object.
+S3_PART_SIZE = 64 * 2**20
+_S3_MIN_PART_SIZE = 5 * 2**20  # S3 refuses smaller parts, except the last one
+_S3_MAX_PARTS = 10_000
+
+
+def write_bytes(uri: str, data: bytes, part_size: int | None = None) -> None:
     """Write a whole object atomically: readers see the old or the new content, never a part.
 
-    An S3 PUT is atomic by itself; on a local disk we write a temporary sibling and rename.
+    On a local disk we write a temporary sibling and rename. On S3 an object up to ``part_size``
+    (default ``S3_PART_SIZE``) is one PUT, which is atomic by itself; a larger one is a multipart
+    upload, which S3 shows only once it is completed.
     """
     fs, path = resolve(uri)
     if isinstance(fs, pafs.LocalFileSystem):
@@ -108,10 +122,45 @@ def write_bytes(uri: str, data: bytes) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    else:
-        # One PUT: never a partial object, even if the upload fails half-way.
-        bucket, _, key = path.partition("/")
+        return
+    part_size = S3_PART_SIZE if part_size is None else part_size
+    if part_size < _S3_MIN_PART_SIZE:
+        raise ValueError(f"part_size must be at least {_S3_MIN_PART_SIZE} bytes (S3's smallest part), "
+                         f"got {part_size}")
+    bucket, _, key = path.partition("/")
+    if len(data) <= part_size:
         s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+    else:
+        _upload_in_parts(bucket, key, data, part_size)
+
+
+def _upload_in_parts(bucket: str, key: str, data: bytes, part_size: int) -> None:
+    """A multipart upload that either completes whole or is aborted, leaving no object and no parts."""
+    client = s3_client()
+    part_size = max(part_size, math.ceil(len(data) / _S3_MAX_PARTS))
+    # As boto3's own managed upload does: when the client checksums requests (its default), the
+    # upload declares CRC32 and the completion lists every part's, else S3 refuses to complete it.
+    checksum = ({"ChecksumAlgorithm": "CRC32"}
+                if client.meta.config.request_checksum_calculation == "when_supported" else {})
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, **checksum)["UploadId"]
+    try:
+        parts = []
+        for number, start in enumerate(range(0, len(data), part_size), start=1):
+            response = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                          Body=data[start:start + part_size], **checksum)  # one part copied at a time
+            part = {"PartNumber": number, "ETag": response["ETag"]}
+            if checksum and "ChecksumCRC32" in response:
+                part["ChecksumCRC32"] = response["ChecksumCRC32"]
+            parts.append(part)
+        client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
+                                         MultipartUpload={"Parts": parts})
+    except BaseException as error:  # an interrupt too: uploaded parts are stored (and billed) until aborted
+        try:
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except Exception as abort_error:  # noqa: BLE001 - the upload's own error is the one to raise
+            error.add_note(f"the multipart upload {upload_id} of s3://{bucket}/{key} could not be aborted "
+                           f"({abort_error}); its parts stay until a lifecycle rule or abort removes them")
+        raise
 
 
 def write_text(uri: str, text: str) -> None:
