@@ -60,7 +60,7 @@ class GeneratorConfig:
 
 
 # Hyperparameter search (``musicray tune --model generator``), as in lstm_recommender.py; training
-# settings are ray_jobs/train_generator.py's GeneratorSettings. The codebook's size and the
+# settings are GeneratorSettings in ray_jobs/tasks/generator.py. The codebook's size and the
 # workspace's framing are not searched: one codebook, fitted once, serves every trial.
 SEARCH_SPACE = {
     "model": {

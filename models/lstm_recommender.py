@@ -33,7 +33,7 @@ class LSTMConfig:
 
 
 # Hyperparameter search (``musicray tune --model lstm``): model config fields under "model", training
-# settings (ray_jobs/train.py TrainSettings) under "train"; ray_jobs/tune.py turns each
+# settings (RecommenderSettings in ray_jobs/tasks/recommender.py) under "train"; ray_jobs/tune.py turns each
 # (kind, *arguments) into a Ray Tune distribution: choice [values], uniform / loguniform lo hi.
 SEARCH_SPACE = {
     "model": {

@@ -1,4 +1,4 @@
-"""What every job shares: joining the Ray cluster, sizing work to it, and the training jobs' plumbing."""
+"""What every job shares: joining the Ray cluster, sizing work to it, progress, locks and configs."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import ray.train
 from ray.exceptions import ActorAlreadyExistsError
 
 from musicray import storage, workspace
-from musicray.checkpoints import MODEL_FILES
 
 
 def init_ray() -> None:
@@ -149,41 +148,6 @@ def parse_model_config(parser: argparse.ArgumentParser, items: list[str]) -> dic
         except json.JSONDecodeError:
             config[field] = value  # plain strings such as --set cell=rnn
     return config
-
-
-def run_config(storage_uri: str, run_id: str, max_failures: int, metric: str, mode: str,
-               callbacks: list | None = None) -> ray.train.RunConfig:
-    """Where a training run keeps its checkpoints (``<storage_uri>/<run_id>/``, the two best by
-    ``metric`` kept), and how often a failed worker is retried. The training jobs store runs in
-    ``<root>/models/<model>``, the search in ``<root>/tune/<search>/runs``; ``callbacks`` are Ray
-    Train callbacks (the search's report to Tune)."""
-    fs, path = storage.resolve(storage_uri)
-    return ray.train.RunConfig(
-        name=run_id, storage_path=path, storage_filesystem=fs, callbacks=callbacks,
-        failure_config=ray.train.FailureConfig(max_failures=max_failures),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
-                                                     checkpoint_score_order=mode),
-    )
-
-
-def publish_best(result: ray.train.Result, root: str, model: str, run_id: str, metric: str,
-                 mode: str) -> tuple[dict, list[dict]]:
-    """Copy a finished run's best checkpoint to ``<run>/model/``, then point LATEST at the run.
-
-    Returns the best epoch's metrics and the history of every epoch (resumed ones included).
-    """
-    best = result.get_best_checkpoint(metric=metric, mode=mode)
-    target = workspace.model_dir(root, model, run_id)
-    with best.as_directory() as directory:
-        for name in MODEL_FILES:
-            with open(os.path.join(directory, name), "rb") as f:
-                storage.write_bytes(storage.join(target, name), f.read())
-    storage.publish(workspace.model_pointer(root, model), run_id)  # data first, pointer last
-    best_meta = json.loads(storage.read_text(storage.join(target, "config.json")))
-    with result.checkpoint.as_directory() as directory:  # the latest epoch holds the whole history
-        with open(os.path.join(directory, "config.json")) as f:
-            history = json.load(f)["history"]
-    return best_meta["metrics"], history
 
 
 def read_best_config(root: str, model: str) -> dict | None:

@@ -32,7 +32,7 @@ import io
 import json
 import math
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
@@ -44,18 +44,12 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from models import GENERATORS, RECOMMENDERS, SEARCH_SPACES, model_class
+from models import MODELS, RECOMMENDERS, SEARCH_SPACES, model_class
 from musicray import plots, storage, workspace
-from ray_jobs.common import cluster_resources, init_ray, parse_model_config, run_config
-from ray_jobs.train import SELECTION_METRIC as RECOMMENDER_METRIC
-from ray_jobs.train import TrainSettings, full_model_config, make_trainer, prepare_data, worker_inputs
-from ray_jobs.train_generator import SELECTION_METRIC as GENERATOR_METRIC
-from ray_jobs.train_generator import GeneratorSettings, prepare_generator, with_config
-from ray_jobs.train_generator import make_trainer as make_generator_trainer
+from ray_jobs import tasks
+from ray_jobs.common import cluster_resources, init_ray, parse_model_config
+from ray_jobs.training import Prepared, make_trainer, run_config
 
-# The metric each train loop reports and selects its best checkpoint on, and its direction.
-METRICS = {**{name: (RECOMMENDER_METRIC, "max") for name in RECOMMENDERS}, **{name: (GENERATOR_METRIC, "min")
-                                                                          for name in GENERATORS}}
 EPOCHS = "epochs_done"  # ASHA's time axis: survives a trial's restart, unlike Tune's training_iteration
 TRIAL_DRIVER = {"CPU": 0, "memory": 256 * 2**20}  # a trial's own function only waits on its Train run
 
@@ -103,48 +97,6 @@ def plain(value):
 # Trials: what the driver prepares once, and the function every trial runs
 
 
-@dataclass
-class RecommenderTrials:
-    """A recommender's training inputs, prepared once on the driver and shared by every trial."""
-    model: str
-    sessions: str
-    settings: TrainSettings
-    model_config: dict  # the data's fields and the fixed --set fields
-    shared: ray.ObjectRef
-    sessions_table: object  # pandas DataFrame of padded training sessions
-
-    @classmethod
-    def prepare(cls, model: str, root: str, sessions: str, settings: TrainSettings, fixed: dict):
-        data = prepare_data(root, sessions, settings.validation_fraction)
-        shared, table = worker_inputs(data)
-        return cls(model, sessions, settings, full_model_config(data, fixed), ray.put(shared), table)
-
-    def trainer(self, config: dict, run_uri: str, run_cfg, scaling: ScalingConfig):
-        settings = replace(self.settings, **config["train"])
-        return make_trainer(self.model, {**self.model_config, **config["model"]}, settings, self.shared,
-                            self.sessions_table, self.sessions, run_uri, run_cfg, scaling_config=scaling)
-
-
-@dataclass
-class GeneratorTrials:
-    """The generator's codebook, tokenised dataset and held-out tokens, prepared once for every trial."""
-    settings: GeneratorSettings
-    model: object  # LSTMGenerator with the fitted codebook and the fixed --set fields
-    validation: ray.ObjectRef
-    dataset: object  # materialized ray.data.Dataset
-
-    @classmethod
-    def prepare(cls, root: str, settings: GeneratorSettings, fixed: dict):
-        inputs = prepare_generator(root, settings, fixed, run_uri=None)
-        return cls(settings, inputs.model, ray.put(inputs.validation), inputs.dataset)
-
-    def trainer(self, config: dict, run_uri: str, run_cfg, scaling: ScalingConfig):
-        settings = replace(self.settings, **config["train"])
-        model = with_config(self.model, config["model"], settings.seed)
-        return make_generator_trainer(model, self.validation, self.dataset, settings, run_uri, run_cfg,
-                                      scaling_config=scaling)
-
-
 class ReportEpochsToTune(TuneReportCallback):
     """Tune sees each epoch's metrics and the number of epochs done, from the train loop's own
     0-based ``epoch``: a trial resumed after an interruption continues its count."""
@@ -153,13 +105,13 @@ class ReportEpochsToTune(TuneReportCallback):
         super().after_report(run_context, [{**m, EPOCHS: m["epoch"] + 1} for m in metrics], checkpoint)
 
 
-def run_trial(config: dict, *, trials, runs_uri: str, metric: str, mode: str, scaling: ScalingConfig,
-              max_failures: int) -> None:
-    """One trial: a Ray Train run of the sampled config, named by the trial id so that a restored
-    search resumes the run from its newest checkpoint."""
+def run_trial(config: dict, *, prepared: Prepared, runs_uri: str, scaling: ScalingConfig, max_failures: int) -> None:
+    """One trial: a Ray Train run of the prepared task with the sampled config, named by the trial
+    id so that a restored search resumes the run from its newest checkpoint."""
+    task = prepared.task.with_config(config["train"], config["model"])
     trial_id = ray.tune.get_context().get_trial_id()
-    run_cfg = run_config(runs_uri, trial_id, max_failures, metric, mode, callbacks=[ReportEpochsToTune()])
-    trials.trainer(config, storage.join(runs_uri, trial_id), run_cfg, scaling).fit()
+    run_cfg = run_config(runs_uri, trial_id, max_failures, task.metric, task.mode, callbacks=[ReportEpochsToTune()])
+    make_trainer(task, prepared.dataset, storage.join(runs_uri, trial_id), run_cfg, scaling).fit()
 
 
 def trial_concurrency(workers: int, gpu: bool, gpu_share: float) -> int:
@@ -244,21 +196,16 @@ def run_tune(model: str, root: str, sessions: str | None, *, samples: int, name:
         arguments.update(started)
         sessions, samples, epochs, seed, fixed = (arguments[k] for k in ("sessions", "samples", "epochs", "seed",
                                                                           "fixed"))
-    metric, mode = METRICS[model]
+    metric, mode = tasks.metric(model)
 
     init_ray()
-    if model in GENERATORS:
-        trials = GeneratorTrials.prepare(root, GeneratorSettings(epochs=epochs, seed=seed, workers=workers, gpu=gpu,
-                                                                 max_failures=1), fixed)
-    else:
-        trials = RecommenderTrials.prepare(model, root, sessions, TrainSettings(epochs=epochs, seed=seed,
-                                                                                workers=workers, gpu=gpu,
-                                                                                max_failures=1), fixed)
+    settings = tasks.settings_class(model)(epochs=epochs, seed=seed, workers=workers, gpu=gpu, max_failures=1)
+    prepared = tasks.prepare(model, root, sessions=sessions, settings=settings, model_config=fixed)
     scaling = ScalingConfig(num_workers=workers, use_gpu=gpu,
                             resources_per_worker={"CPU": 1, "GPU": gpu_share} if gpu else None)
     trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(run_trial, trials=trials, runs_uri=storage.join(experiment_uri, "runs"),
-                                 metric=metric, mode=mode, scaling=scaling, max_failures=1),
+        ray.tune.with_parameters(run_trial, prepared=prepared, runs_uri=storage.join(experiment_uri, "runs"),
+                                 scaling=scaling, max_failures=1),
         TRIAL_DRIVER)
     concurrency = max_concurrent or trial_concurrency(workers, gpu, gpu_share)
     if not state_api_available():
@@ -387,7 +334,7 @@ def write_report(outcome: SearchOutcome, arguments: dict) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="musicray tune", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, choices=[*RECOMMENDERS, *GENERATORS])
+    parser.add_argument("--model", required=True, choices=list(MODELS))
     parser.add_argument("--root", required=True, help="workspace root with extracted features")
     parser.add_argument("--sessions", help="listening log (Parquet: user_id, track_id, ts); recommenders only")
     parser.add_argument("--samples", type=int, required=True, help="trials (configs) to try")

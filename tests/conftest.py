@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,15 @@ import torch
 
 # Small tensors on 2 cores: one thread avoids contention that makes an LSTM step ~8x slower.
 torch.set_num_threads(1)
+
+SUITE_BUDGET_MINUTES = 15  # on a 2-core machine; README's test command states the measured time
+_started = time.monotonic()
+
+
+def pytest_terminal_summary(terminalreporter):
+    minutes = (time.monotonic() - _started) / 60
+    terminalreporter.write_line(f"suite time: {minutes:.1f} min (budget {SUITE_BUDGET_MINUTES} min); "
+                                f"the slowest tests follow")
 
 
 @pytest.fixture(scope="session")
@@ -58,12 +70,41 @@ def ray_cluster(s3_endpoint):
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """The demo catalog and listening logs that the Ray job tests share: 32 tracks of 4 s, 80 listeners."""
+    from musicray.demo import generate
+
+    return generate(tmp_path_factory.mktemp("demo") / "demo", tracks=32, users=80, seed=1, seconds=4.0)
+
+
+@pytest.fixture(scope="session")
+def extracted(ray_cluster, demo, tmp_path_factory) -> Path:
+    """The demo's features, extracted once for the session; tests write to a copy (``features_root``)."""
+    from ray_jobs.extract import run_extract
+
+    root = tmp_path_factory.mktemp("extracted") / "ws"
+    report = run_extract(str(demo.manifest), str(root))  # the default config, as refresh extracts
+    assert report.done == len(pd.read_parquet(demo.manifest)) and not report.failed
+    return root
+
+
+@pytest.fixture
+def features_root(extracted, tmp_path) -> str:
+    """A test's own copy of the extracted demo workspace: it may train, refresh or serve into it."""
+    root = tmp_path / "ws"
+    shutil.copytree(extracted, root)
+    return str(root)
+
+
 @pytest.fixture
 def bucket(s3_endpoint, request):
     """A fresh bucket on the S3 server, named after the test."""
     from musicray import storage
 
-    name = ("t-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()))[:60].strip("-")
+    # A hash of the test's id keeps parametrized variants of one long name apart.
+    digest = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:8]
+    name = ("t-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()))[:50].strip("-") + "-" + digest
     storage.s3_client().create_bucket(Bucket=name)
     return name
 

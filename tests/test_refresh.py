@@ -26,24 +26,9 @@ class Injected(RuntimeError):
     pass
 
 
-@pytest.fixture(scope="module")
-def demo(ray_cluster, tmp_path_factory):
-    from musicray.demo import generate
-
-    folder = tmp_path_factory.mktemp("refresh")
-    return generate(folder / "demo", tracks=24, users=30, seed=2, seconds=3.0)
-
-
-@pytest.fixture(scope="module")
-def extracted(demo, tmp_path_factory):
-    root = tmp_path_factory.mktemp("extracted") / "ws"
-    run_extract(str(demo.manifest), str(root))
-    return root
-
-
 @pytest.fixture
 def workspace(demo, extracted, tmp_path):
-    """A workspace with features and two trained models that saw only 16 of the 24 tracks played."""
+    """A copy of the demo workspace with two models that saw only 16 of the 32 tracks played."""
     root = str(tmp_path / "ws")
     shutil.copytree(extracted, root)
     catalog = pd.read_parquet(demo.manifest)
@@ -64,11 +49,11 @@ def load_latest(root: str) -> snapshots.Snapshot:
 def test_refresh_publishes_a_snapshot_and_follows_catalog_changes(demo, workspace, tmp_path):
     root, catalog, runs = workspace
     first = refresh.run_refresh(str(demo.manifest), root, keep=2)
-    assert first.published and first.extract.skipped == 24 and first.tracks == first.embedded == 24
+    assert first.published and first.extract.skipped == 32 and first.tracks == first.embedded == 32
     snapshot = load_latest(root)
     assert snapshot.id == first.snapshot_id
     manifest = snapshot.manifest
-    assert manifest["catalog"]["tracks"] == 24 and manifest["catalog"]["fingerprint"].startswith("sha256:")
+    assert manifest["catalog"]["tracks"] == 32 and manifest["catalog"]["fingerprint"].startswith("sha256:")
     assert {m: manifest["models"][m]["run"] for m in MODELS} == runs
     assert manifest["models"]["lstm"]["metric"] == "ip" and manifest["models"]["autoencoder"]["metric"] == "cosine"
     assert all(manifest["models"][m]["recall_at_10"] >= 0.9 for m in MODELS)
@@ -87,11 +72,11 @@ def test_refresh_publishes_a_snapshot_and_follows_catalog_changes(demo, workspac
     changed.to_parquet(folder / "catalog.parquet", index=False)
 
     second = refresh.run_refresh(str(folder / "catalog.parquet"), root, keep=2)
-    assert second.published and second.extract.done == 1 and second.tracks == 23
+    assert second.published and second.extract.done == 1 and second.tracks == 31
     # Only the new track is embedded: the others keep their vectors, as the same runs would give them.
-    assert (second.embedded, second.reused) == (1, 22)
+    assert (second.embedded, second.reused) == (1, 30)
     snapshot = load_latest(root)
-    assert snapshot.manifest["reused"] == {"tracks": 22, "from": first.snapshot_id}
+    assert snapshot.manifest["reused"] == {"tracks": 30, "from": first.snapshot_id}
     ids = snapshot.vectors(["track_id"]).column("track_id").to_pylist()
     assert "brand-new" in ids and not set(removed) & set(ids)
     kept = table.filter(pc.invert(pc.is_in(table.column("track_id"), pa.array(removed))))
@@ -106,7 +91,7 @@ def test_refresh_publishes_a_snapshot_and_follows_catalog_changes(demo, workspac
     # A retrained model (a new run) means every track is embedded again.
     retrained = publish_models(root, sorted(catalog["track_id"])[:16], run="r2", models=("lstm",))
     third = refresh.run_refresh(str(folder / "catalog.parquet"), root, keep=1)
-    assert (third.embedded, third.reused) == (23, 0)
+    assert (third.embedded, third.reused) == (31, 0)
     assert set(load_latest(root).vectors(["lstm_run"]).column("lstm_run").to_pylist()) == {retrained["lstm"]}
     assert set(third.pruned) == {first.snapshot_id, second.snapshot_id}
     assert snapshots.complete_snapshots(root) == [third.snapshot_id]
@@ -118,8 +103,8 @@ def test_a_track_left_twice_by_an_interrupted_extraction_is_embedded_once(demo, 
     part = parquet_files(layout.features_dir(root))[0]
     storage.write_bytes(part.replace(".parquet", "-copy.parquet"), storage.read_bytes(part))
     report = refresh.run_refresh(str(demo.manifest), root)
-    assert report.published and report.tracks == report.embedded == 24
-    snapshots.verify(root, report.snapshot_id, 24)  # no duplicate ids, indexes match the vectors
+    assert report.published and report.tracks == report.embedded == 32
+    snapshots.verify(root, report.snapshot_id, 32)  # no duplicate ids, indexes match the vectors
 
 
 def test_a_failure_half_way_leaves_the_previous_snapshot_published(demo, workspace):
@@ -222,7 +207,7 @@ def test_refresh_on_s3(demo, bucket, tmp_path):
     publish_models(root, sorted(pd.read_parquet(demo.manifest)["track_id"])[:10])
     assert refresh.main(["--catalog", str(demo.manifest), "--root", root, "--keep", "1"]) == 0
     snapshot = load_latest(root)
-    assert snapshot.manifest["tracks"] == 24 and snapshot.uri.startswith("s3://")
+    assert snapshot.manifest["tracks"] == 32 and snapshot.uri.startswith("s3://")
 
 
 def test_bad_inputs_are_named(demo, tmp_path, capsys):

@@ -11,29 +11,22 @@ from ray.tune import Callback
 from models import GENERATORS, MODELS, SEARCH_SPACES
 from musicray import storage
 from musicray.checkpoints import load_trained
-from musicray.features import FeatureConfig
 from musicray import cli
-from ray_jobs import extract, train, tune
-from ray_jobs.train import TrainSettings
-from ray_jobs.train_generator import GeneratorSettings
+from ray_jobs import train, tune
+from ray_jobs.tasks.recommender import RecommenderSettings
+from ray_jobs.tasks.generator import GeneratorSettings
 
 SMALL = {"dim": 32}  # fixed with --set: small models, and proof that fixed fields reach the best config
 
 
-@pytest.fixture(scope="module")
-def workspace(ray_cluster, tmp_path_factory):
-    from musicray.demo import generate
-
-    folder = tmp_path_factory.mktemp("tune")
-    demo = generate(folder / "demo", tracks=24, users=60, seed=2, seconds=3.0)
-    root = str(folder / "ws")
-    assert extract.run_extract(str(demo.manifest), root, config=FeatureConfig(crop_seconds=3.0)).done == 24
-    return demo, root
+@pytest.fixture
+def workspace(demo, features_root):
+    return demo, features_root
 
 
 def test_every_search_space_names_real_fields_and_converts():
     for name, space in SEARCH_SPACES.items():
-        settings = GeneratorSettings if name in GENERATORS else TrainSettings
+        settings = GeneratorSettings if name in GENERATORS else RecommenderSettings
         assert set(space["model"]) <= {f.name for f in fields(MODELS[name].Config)}, name
         assert set(space["train"]) <= {f.name for f in fields(settings)}, name
         assert set(tune.param_space(name, {})) == {"model", "train"}
@@ -121,7 +114,7 @@ def test_interrupted_search_resumes_then_train_uses_its_best_config(workspace, t
     assert model_config == {**best["model_config"], "hidden": 48}
     assert "best_config.json (search 'resume'" in source and "overridden by --epochs, --lr, --set hidden" in source
     settings, model_config, source = train.configure(train.parse_args(args[1:] + ["--no-best-config"]), "lstm")
-    assert settings.lr == TrainSettings.lr and model_config == {} and "default config (--no-best-config)" in source
+    assert settings.lr == RecommenderSettings.lr and model_config == {} and "default config (--no-best-config)" in source
 
     capsys.readouterr()
     assert cli.main([*args, "--run-name", "from-search"]) == 0

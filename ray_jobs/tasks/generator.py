@@ -1,85 +1,106 @@
-"""Train the LSTM music generator with Ray Train on crops of the catalog's log-mel features.
-
-    musicray train --model generator --root ROOT [--workers N] [--gpu] [--epochs E] [--run-name NAME]
-                                             [--crop-frames F] [--seed N] [--set hidden=512 ...]
+"""Training the LSTM music generator on crops of the catalog's log-mel features.
 
 On the driver: the tracks are split by a stable hash of their id (``musicray.generation.split_tracks``,
 10% held out, the same split evaluation uses), and the frame codebook is fitted by k-means on a
-sample of training frames (deterministic for ``--seed``). Ray Data then reads the features table,
-turns the training tracks' log-mels into codebook tokens (``tokenize_batch``, in parallel) and feeds
-them to the workers; each epoch draws ``crops_per_track`` random ``crop_frames``-long windows per
+sample of training frames (deterministic for the seed). Ray Data then reads the features table,
+turns the training tracks' log-mels into codebook tokens (``tokenize_batch``, in parallel) and keeps
+them in the object store. Each epoch draws ``crops_per_track`` random ``crop_frames``-long windows per
 track, shuffled so that a batch mixes tracks, each conditioned on the sound of another random
-``sound_frames`` window of its track. Workers train next-token cross-entropy with DDP; after every
-epoch rank 0 scores (up to ``validation_tracks``) held-out tracks whole (``val_loss``, nats per
-frame) and writes a checkpoint.
+``sound_frames`` window of its track; the loss is next-token cross-entropy. After every epoch rank 0
+scores (up to ``validation_tracks``) held-out tracks whole: ``val_loss``, nats per frame.
 
-Checkpoints live under ``<root>/models/generator/<run>/`` (``state_dict.pt`` with the codebook,
-``config.json``, ``vocab.json`` = the style labels, ``optimizer.pt``); the lowest ``val_loss`` is
-copied to ``<run>/model/`` and ``<root>/models/generator/LATEST`` names the run last. Re-running
-with the same ``--run-name`` resumes from the run's newest checkpoint (same codebook, the epoch
-counter continuing); a failed worker is retried up to ``--max-failures`` times.
+A resumed run keeps the codebook of its newest checkpoint; every trial of a search shares one
+codebook and one tokenised dataset (``GeneratorTask.with_config``).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-import ray.train
-import ray.train.torch
 import torch
-from ray.train import ScalingConfig
-from ray.train.torch import TorchTrainer
+from torch import nn
 
 from models import build
 from models.lstm_generator import PAD, LSTMGenerator, NextTokenObjective, fit_codebook, nearest
 from musicray import storage, workspace
-from musicray.checkpoints import MODEL_FILES, newest_checkpoint, read_model_files, restore_training, write_training_checkpoint
+from musicray.checkpoints import newest_checkpoint, read_model_files
 from musicray.generation import MODEL_NAME, held_out_score, split_tracks, track_labels, track_logmels, workspace_layout
 from musicray.schemas import parquet_files, read_features
-from ray_jobs.common import init_ray, publish_best, run_config
+from ray_jobs.common import init_ray
+from ray_jobs.training import Prepared, Settings, checkpoint_files
 
 SELECTION_METRIC = "val_loss"
-CHECKPOINT_FILES = {*MODEL_FILES, "optimizer.pt"}
 
 
 @dataclass
-class GeneratorSettings:
-    epochs: int = 10
+class GeneratorSettings(Settings):
     batch_size: int = 16  # crop windows per optimiser step (per worker)
     lr: float = 2e-3
-    weight_decay: float = 1e-5
-    workers: int = 1
-    gpu: bool = False
-    max_failures: int = 1
+    grad_clip: float = 1.0
     # Training window: ~12 s. Generation runs seed + continuation (5 + 10 s by default) through
     # the LSTM; windows much shorter than that leave its state untrained past their length.
     crop_frames: int = 512
     crops_per_track: int = 2  # windows drawn per training track and epoch
     sound_frames: int = 216  # the other window of the track whose mean frame conditions a crop (~5 s, a seed)
-    validation_fraction: float = 0.1
     validation_tracks: int = 256  # held-out tracks scored after every epoch (the first by hash score)
     codebook_tracks: int = 256  # training tracks sampled for the codebook fit
     codebook_frames: int = 50_000  # frames of them the k-means sees
     codebook_iterations: int = 15
-    seed: int = 0
 
 
-@dataclass
-class GeneratorTrainResult:
-    run_id: str
-    best: dict  # metrics of the epoch with the lowest val_loss
-    history: list[dict]  # every epoch, resumed ones included
-    train_tracks: int
-    validation_tracks: int
-    labels: list[str]
+class GeneratorTask:
+    model, metric, mode = MODEL_NAME, SELECTION_METRIC, "min"
+
+    def __init__(self, model_config: dict, initial_state: ray.ObjectRef, validation: ray.ObjectRef,
+                 settings: GeneratorSettings):
+        self.model_config, self.settings = model_config, settings
+        self.initial_state = initial_state  # codebook + the starting weights every rank loads
+        self.validation_ref = validation  # tokens of the held-out tracks, scored by rank 0
+
+    def with_config(self, train: dict, model: dict) -> "GeneratorTask":
+        settings = replace(self.settings, **train)
+        shared = build(MODEL_NAME, **self.model_config)
+        shared.load_state_dict(ray.get(self.initial_state))
+        fresh = with_config(shared, model, settings.seed)
+        return GeneratorTask(asdict(fresh.config), ray.put(fresh.state_dict()), self.validation_ref, settings)
+
+    def setup(self, rank: int, device: torch.device) -> None:
+        self.validation = ray.get(self.validation_ref) if rank == 0 else None
+
+    def build(self) -> nn.Module:
+        model = build(MODEL_NAME, **self.model_config)
+        model.load_state_dict(ray.get(self.initial_state))
+        return model
+
+    def objective(self, model: nn.Module) -> nn.Module:
+        return NextTokenObjective(model)
+
+    def batches(self, shard, epoch: int, rank: int, device: torch.device):
+        settings = self.settings
+        rng = np.random.default_rng([settings.seed, epoch, rank])  # the same windows on a re-run
+        # Rows are tracks, each ``crops_per_track`` times; the shuffle buffer spreads a track's
+        # copies over different steps (a batch of one track's windows learns ~2x slower).
+        for batch in shard.iter_batches(batch_size=settings.batch_size, batch_format="numpy",
+                                        local_shuffle_buffer_size=16 * settings.batch_size,
+                                        local_shuffle_seed=settings.seed + epoch):
+            # A crop (inputs + shifted targets), and another window of the same track for its sound.
+            tokens = random_windows(batch["tokens"], batch["length"], settings.crop_frames + 1, rng).to(device)
+            sound = random_windows(batch["tokens"], batch["length"], settings.sound_frames, rng).to(device)
+            yield tokens, torch.tensor(batch["label"], device=device), sound
+
+    def validate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        return {SELECTION_METRIC: validation_loss(model, self.validation, self.settings.sound_frames, device)}
+
+    def vocabulary(self) -> list[str]:
+        return list(self.model_config["labels"])  # vocab.json holds the style labels
+
+    def checkpoint_extra(self) -> dict:
+        return {"validation_fraction": self.settings.validation_fraction}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,62 +197,6 @@ def validation_loss(model: LSTMGenerator, rows: dict[str, np.ndarray], sound_fra
     return total / max(count, 1)
 
 
-def train_loop(config: dict) -> None:
-    settings: GeneratorSettings = config["settings"]
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
-    device = ray.train.torch.get_device()
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # one worker per core; small LSTMs get ~8x slower when threads contend
-    torch.manual_seed(settings.seed + rank)
-
-    model: LSTMGenerator = build(MODEL_NAME, **config["model_config"])
-    model.load_state_dict(ray.get(config["initial_state"]))  # codebook + identical starting weights
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    start_epoch, history = 0, []
-    resume_from = newest_checkpoint(config["run_uri"], CHECKPOINT_FILES)
-    if resume_from:  # resuming: same run name, or an automatic retry after a failure
-        start_epoch, history = restore_training(resume_from, model, optimizer)
-
-    objective = ray.train.torch.prepare_model(NextTokenObjective(model))
-    shard = ray.train.get_dataset_shard("train")
-    validation = ray.get(config["validation"]) if rank == 0 else None
-
-    for epoch in range(start_epoch, settings.epochs):
-        rng = np.random.default_rng([settings.seed, epoch, rank])  # the same windows on a re-run
-        objective.train()
-        started, total, steps = time.perf_counter(), 0.0, 0
-        # Rows are tracks, each ``crops_per_track`` times; the shuffle buffer spreads a track's
-        # copies over different steps (a batch of one track's windows learns ~2x slower).
-        for batch in shard.iter_batches(batch_size=settings.batch_size, batch_format="numpy",
-                                        local_shuffle_buffer_size=16 * settings.batch_size,
-                                        local_shuffle_seed=settings.seed + epoch):
-            # A crop (inputs + shifted targets), and another window of the same track for its sound.
-            tokens = random_windows(batch["tokens"], batch["length"], settings.crop_frames + 1, rng).to(device)
-            sound = random_windows(batch["tokens"], batch["length"], settings.sound_frames, rng).to(device)
-            labels = torch.tensor(batch["label"], device=device)
-            loss = objective(tokens, labels, sound)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(objective.parameters(), 1.0)
-            optimizer.step()
-            total, steps = total + loss.item(), steps + 1
-        metrics = {"epoch": epoch, "train_loss": total / max(steps, 1), "epoch_seconds": time.perf_counter() - started}
-        if rank != 0:
-            ray.train.report(metrics)
-        else:
-            metrics[SELECTION_METRIC] = validation_loss(model, validation, settings.sound_frames, device)
-            history.append(metrics)
-            with tempfile.TemporaryDirectory() as directory:
-                # vocab.json holds the style labels; tensors load on CPU later (map_location).
-                write_training_checkpoint(directory, MODEL_NAME, model, model.config.labels, optimizer,
-                                          extra={"epoch": epoch, "history": history, "metrics": metrics,
-                                                 "validation_fraction": settings.validation_fraction})
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
-        if config.get("crash_after_epoch") == epoch:
-            os._exit(1)  # fault injection for tests: a worker dies without cleaning up
-
-
 # ---------------------------------------------------------------------------------------------
 # On the driver
 
@@ -250,7 +215,7 @@ def codebook_frames(root: str, train_ids: list[str], settings: GeneratorSettings
 def initial_model(root: str, run_uri: str | None, train_ids: list[str], labels: list[str],
                   settings: GeneratorSettings, model_config: dict) -> LSTMGenerator:
     """A resumed run's model as its newest checkpoint holds it; else a fresh one with a fitted codebook."""
-    resume_from = newest_checkpoint(run_uri, CHECKPOINT_FILES) if run_uri else None
+    resume_from = newest_checkpoint(run_uri, checkpoint_files(settings)) if run_uri else None
     if resume_from:
         model, _, _ = read_model_files(resume_from)
         saved = asdict(model.config)
@@ -291,18 +256,8 @@ def with_config(model: LSTMGenerator, overrides: dict, seed: int) -> LSTMGenerat
     return fresh
 
 
-@dataclass
-class GeneratorInputs:
-    """What the driver prepares once for the generator's training: a run's or every trial's."""
-    model: LSTMGenerator  # codebook fitted (or a resumed run's model)
-    validation: dict[str, np.ndarray]  # tokens of the held-out tracks, scored by rank 0
-    dataset: ray.data.Dataset  # token rows of the training tracks, materialized
-    train_tracks: int
-    validation_tracks: int
-
-
-def prepare_generator(root: str, settings: GeneratorSettings, model_config: dict | None, run_uri: str | None,
-                      progress=print) -> GeneratorInputs:
+def prepare(root: str, settings: GeneratorSettings, model_config: dict | None, run_uri: str | None,
+            progress=print) -> Prepared:
     """Split the tracks, fit the codebook (or take a resumed run's), tokenise the training tracks with Ray Data."""
     model_config = dict(model_config or {})
     for reserved in WORKSPACE_FIELDS:
@@ -330,45 +285,14 @@ def prepare_generator(root: str, settings: GeneratorSettings, model_config: dict
     validation = validation_rows(root, model, held_out, label_rows, settings.validation_tracks)
     init_ray()
     dataset = training_dataset(root, model, tracks, settings.crops_per_track)
-    return GeneratorInputs(model, validation, dataset, len(train_ids), len(held_out))
+    task = GeneratorTask(asdict(model.config), ray.put(model.state_dict()), ray.put(validation), settings)
+    return Prepared(task, dataset, {"train_tracks": len(train_ids), "validation_tracks": len(held_out),
+                                    "labels": list(model.config.labels)})
 
 
-def make_trainer(model: LSTMGenerator, validation: ray.ObjectRef, dataset: ray.data.Dataset,
-                 settings: GeneratorSettings, run_uri: str, run_config: ray.train.RunConfig,
-                 scaling_config: ScalingConfig | None = None, crash_after_epoch: int | None = None) -> TorchTrainer:
-    """One Ray Train run of the generator: ``run_train_generator`` fits one, every trial of a search another."""
-    return TorchTrainer(
-        train_loop,
-        train_loop_config={"model_config": asdict(model.config), "initial_state": ray.put(model.state_dict()),
-                           "validation": validation, "settings": settings, "run_uri": run_uri,
-                           "crash_after_epoch": crash_after_epoch},
-        scaling_config=scaling_config or ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpu),
-        run_config=run_config,
-        datasets={"train": dataset},
-    )
-
-
-def run_train_generator(root: str, *, settings: GeneratorSettings = GeneratorSettings(), run_id: str | None = None,
-                        model_config: dict | None = None, crash_after_epoch: int | None = None,
-                        progress=print, callbacks: list | None = None) -> GeneratorTrainResult:
-    """Train the generator on the workspace's features; publish its best checkpoint and LATEST.
-    ``callbacks`` are Ray Train callbacks (the quickstart's progress bar)."""
-    root = storage.normalize(root)
-    run_id = run_id or f"{MODEL_NAME}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
-    models_uri = workspace.models_dir(root, MODEL_NAME)
-    run_uri = storage.join(models_uri, run_id)
-    inputs = prepare_generator(root, settings, model_config, run_uri, progress)
-    trainer = make_trainer(inputs.model, ray.put(inputs.validation), inputs.dataset, settings, run_uri,
-                           run_config(models_uri, run_id, settings.max_failures, SELECTION_METRIC, "min",
-                                      callbacks=callbacks),
-                           crash_after_epoch=crash_after_epoch)
-    best, history = publish_best(trainer.fit(), root, MODEL_NAME, run_id, SELECTION_METRIC, "min")
-    return GeneratorTrainResult(run_id, best, history, inputs.train_tracks, inputs.validation_tracks,
-                                list(inputs.model.config.labels))
-
-
-def summary(result: GeneratorTrainResult) -> str:
-    best = result.best
-    return (f"generator {result.run_id}: best epoch {best['epoch']} of {len(result.history)}, "
-            f"val loss {best[SELECTION_METRIC]:.3f} nats/frame; {result.train_tracks} training, "
-            f"{result.validation_tracks} held-out tracks")
+def summary(result) -> list[str]:
+    """The line ``musicray train`` prints for a finished run."""
+    best, info = result.best, result.info
+    return [f"generator {result.run_id}: best epoch {best['epoch']} of {len(result.history)}, "
+            f"val loss {best[SELECTION_METRIC]:.3f} nats/frame; {info['train_tracks']} training, "
+            f"{info['validation_tracks']} held-out tracks"]
