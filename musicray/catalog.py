@@ -1,9 +1,14 @@
-"""Catalog input: a manifest (Parquet or CSV) or a folder / S3 prefix of audio files.
+"""The catalog: reading the input (a manifest or a prefix of audio files), and the workspace's copy of it.
 
-A manifest needs ``track_id`` (unique) and ``uri`` (absolute path, ``file://``, ``s3://``,
-or relative to the manifest's folder); every other column is metadata and is kept.
+A manifest (Parquet or CSV) needs ``track_id`` (unique) and ``uri`` (absolute path, ``file://``,
+``s3://``, or relative to the manifest's folder); every other column is metadata and is kept.
 A prefix becomes one track per audio file, ``track_id`` = its path under the prefix
 without the extension. Every check runs here, before any job starts work.
+
+The extract job keeps the catalog it read as ``<root>/catalog.parquet``; ``read_catalog``,
+``track_metadata`` and ``track_labels`` are how everything else reads it. A track's label is a
+non-blank value of the ``label`` column: a null, NaN or blank label means the track has none, and
+it is left out of ``track_labels`` (as every track is when there is no ``label`` column).
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ import os
 import posixpath
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from musicray import storage
+from musicray import storage, workspace
 from musicray.audio import AUDIO_EXTENSIONS
 from musicray.schemas import REQUIRED_CATALOG_COLUMNS
 
@@ -100,3 +106,38 @@ def _validate(catalog: pd.DataFrame, source: str) -> None:
         examples = sorted(set(duplicated))[:5]
         raise CatalogError(f"catalog {source}: track_id must be unique; {duplicated.nunique()} id(s) repeat, "
                            f"e.g. {examples}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The workspace's copy
+
+
+def read_catalog(root: str) -> pa.Table:
+    """``<root>/catalog.parquet``: track_id, uri and every metadata column, as the last extract
+    wrote it; an empty table (track_id, uri) before any extract."""
+    path = workspace.catalog_file(root)
+    if not storage.exists(path):
+        return pa.table({"track_id": pa.array([], pa.string()), "uri": pa.array([], pa.string())})
+    return pq.read_table(io.BytesIO(storage.read_bytes(path)))
+
+
+def track_metadata(root: str) -> dict[str, dict]:
+    """track_id -> its metadata columns (all but track_id and uri); a missing value is None, NaN too
+    (NaN is not JSON)."""
+    table = read_catalog(root)
+    columns = [c for c in table.column_names if c not in ("track_id", "uri")]
+    rows = table.select(["track_id", *columns]).to_pylist()
+    return {row.pop("track_id"): {k: None if _missing(v) else v for k, v in row.items()} for row in rows}
+
+
+def track_labels(root: str) -> dict[str, str]:
+    """track_id -> label (as a string) of every track that has one (see the module docstring)."""
+    table = read_catalog(root)
+    if "label" not in table.column_names:
+        return {}
+    ids, labels = table.column("track_id").to_pylist(), table.column("label").to_pylist()
+    return {t: str(label) for t, label in zip(ids, labels) if not _missing(label) and str(label).strip()}
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)

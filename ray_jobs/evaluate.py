@@ -18,18 +18,17 @@ Writes ``metrics.json``, ``report.md`` and PNG plots to ``--out``.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 from datetime import datetime, timezone
 
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 
 from models import RECOMMENDERS
-from musicray import plots, storage, workspace
+from musicray import plots, storage
 from musicray.baselines import baselines, mfcc_baseline_vectors
+from musicray.catalog import track_labels
 from musicray.checkpoints import load_trained
 from musicray.content import TrackCatalog
 from musicray.generation import evaluate_workspace, generation_report
@@ -139,13 +138,11 @@ def against_baselines(ranking: dict, ranks: dict, models: set[str]) -> list[dict
 
 
 def _labels(root: str, track_ids: list[str]) -> list[str] | None:
-    if not storage.exists(workspace.catalog_file(root)):
+    """Each track's catalog label, "unknown" for a track without one; None when no track has a label."""
+    labels = track_labels(root)
+    if not labels:
         return None
-    table = pq.read_table(io.BytesIO(storage.read_bytes(workspace.catalog_file(root)))).to_pandas()
-    if "label" not in table.columns:
-        return None
-    label = table.set_index("track_id")["label"].astype(str)
-    return [label.get(t, "unknown") for t in track_ids]
+    return [labels.get(t, "unknown") for t in track_ids]
 
 
 @torch.no_grad()
