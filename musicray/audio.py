@@ -1,22 +1,30 @@
-"""Audio decoding in one place: bytes -> mono float32 at the target rate, centre-cropped.
+"""Audio in one place: decoding bytes to mono float32 at the target rate, and encoding back to files.
 
-libsndfile (through soundfile) reads WAV, FLAC, OGG/Vorbis/Opus and MP3 and can seek,
+Decoding: libsndfile (through soundfile) reads WAV, FLAC, OGG/Vorbis/Opus and MP3 and can seek,
 so only the centre crop of a long file is ever decoded. Anything libsndfile refuses
 (AAC/M4A, some MP3 variants, odd containers) falls back to PyAV, whose wheels carry
 their own FFmpeg. Resampling is soxr's HQ mode, the same as ``librosa.load``.
+
+Encoding: WAV, FLAC or Ogg Vorbis by extension, byte-reproducible (the same samples give the
+same bytes), so a seeded generation can be checked byte for byte.
 """
 
 from __future__ import annotations
 
 import io
 import re
+import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
 import soxr
 
+from musicray import storage
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aiff", ".aif")
+OUTPUT_FORMATS = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS")}
 
 
 class AudioError(Exception):
@@ -142,3 +150,68 @@ def _decode_until_error(container, stream, kept: list):
 def _short(error: Exception) -> str:
     text = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the file", str(error)).strip().splitlines()
     return (text[0] if text else type(error).__name__)[:200]
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding
+
+
+def audio_format(path: str) -> tuple[str, str]:
+    """(libsndfile format, subtype) for an output path, by its extension."""
+    extension = "." + str(path).rsplit(".", 1)[-1].lower() if "." in str(path).rsplit("/", 1)[-1] else ""
+    if extension not in OUTPUT_FORMATS:
+        raise ValueError(f"unsupported audio output {path!r}: the extension must be one of "
+                         f"{', '.join(OUTPUT_FORMATS)}")
+    return OUTPUT_FORMATS[extension]
+
+
+def encode_audio(waveform: np.ndarray, sample_rate: int, extension: str) -> bytes:
+    """Audio file bytes; the same samples always give the same bytes (Ogg included)."""
+    fmt, subtype = audio_format(f"clip{extension}")
+    buffer = io.BytesIO()
+    sf.write(buffer, np.asarray(waveform, dtype=np.float32), sample_rate, format=fmt, subtype=subtype)
+    data = buffer.getvalue()
+    return fix_ogg_serial(data) if fmt == "OGG" else data
+
+
+def write_audio(path: str, waveform: np.ndarray, sample_rate: int) -> None:
+    """Write a mono waveform as WAV, FLAC or Ogg Vorbis, chosen by ``path``'s extension (local or s3://)."""
+    fmt, _ = audio_format(path)
+    extension = {"WAV": ".wav", "FLAC": ".flac", "OGG": ".ogg"}[fmt]
+    storage.write_bytes(path, encode_audio(waveform, sample_rate, extension))
+
+
+OGG_SERIAL = 0x6D726179  # "mray"
+
+
+def fix_ogg_serial(data: bytes) -> bytes:
+    """Give every Ogg page a fixed stream serial number and recompute its CRC.
+
+    libsndfile picks the serial at random per file, the only thing that makes two encodings of
+    the same samples differ; a fixed one makes the bytes reproducible.
+    """
+    out, position = bytearray(data), 0
+    while position + 27 <= len(out):
+        if out[position: position + 4] != b"OggS":
+            raise ValueError("not an Ogg stream: page header expected")
+        segments = out[position + 26]
+        size = 27 + segments + sum(out[position + 27: position + 27 + segments])
+        struct.pack_into("<I", out, position + 14, OGG_SERIAL)
+        struct.pack_into("<I", out, position + 22, 0)  # the CRC is computed with its own field zeroed
+        struct.pack_into("<I", out, position + 22, ogg_crc(bytes(out[position: position + size])))
+        position += size
+    return bytes(out)
+
+
+_BIT_REVERSED = bytes(int(f"{byte:08b}"[::-1], 2) for byte in range(256))
+
+
+def ogg_crc(page: bytes) -> int:
+    """The Ogg page checksum: CRC-32 with polynomial 0x04C11DB7, MSB first, initial value 0, no final xor.
+
+    zlib computes the bit-reflected CRC-32 of the same polynomial in C; fed the page with each
+    byte's bits reversed, from a zero register (zlib inverts the start value and the result), its
+    answer is the Ogg CRC with its 32 bits reversed. A Python byte loop took ~11 ms per 100 KB clip.
+    """
+    reflected = zlib.crc32(page.translate(_BIT_REVERSED), 0xFFFFFFFF) ^ 0xFFFFFFFF
+    return int(f"{reflected:032b}"[::-1], 2)

@@ -1,56 +1,36 @@
-"""Music generation around the trained generator: seeds, evaluation, baselines, audio files, plots.
+"""Music generation with the trained generator: which tracks it held out, seeds, loading, one clip.
 
-No Ray here: the training job (``ray_jobs/train_generator.py``), the ``generate`` command and the
-evaluation all share these pieces.
-
-Evaluation. For each held-out track (the same hash split training used, ``split_tracks``) the
-first ``seed_seconds`` of its log-mel are the seed and the next ``continuation_seconds`` the real
-continuation. Each candidate continuation is rendered to audio exactly like the model's output
-(log-mel -> ``Vocoder`` -> waveform) and analysed again by the feature extractor, so that all of
-them pay the same vocoder loss:
-
-* ``generator``                 the model's sampled continuation;
-* ``loop-seed (baseline)``      the seed's frames repeated;
-* ``shaped-noise (baseline)``   stationary noise with the seed's average mel power spectrum,
-                                through the same mel inverse as the vocoder;
-* ``vocoded-real (reference)``  the real continuation itself, vocoded: the floor the vocoder sets;
-* ``codebook-real (reference)`` the real continuation replaced by its nearest codebook frames,
-                                vocoded: the floor the codebook sets, the best the model can reach.
-
-The score is the Fréchet distance between Gaussian fits of per-frame 128-d log-mel vectors (dB)
-of a candidate's continuations, pooled over tracks, and those of the real continuations. Per-frame
-vectors rather than windowed means: a frame is the unit the model emits, they carry the timbre
-*and* its frame-to-frame spread (a blurred or frozen continuation has the right mean but too
-little variance), and 10 s give ~430 of them per track, enough for a 128-d covariance from a few
-dozen tracks. Lower is better; it says nothing of long-range structure, which loop-seed keeps
-by construction.
+No Ray here: the generator's training, the ``generate`` command, the generate endpoint and the
+evaluation (``musicray.generation_eval``) share these pieces. A clip is the seed's log-mel (the
+opening of a catalog track's stored crop, or the end of an audio file) continued by the LSTM over
+frame tokens, then vocoded to a waveform (``musicray.vocoder``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import math
-import struct
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import soundfile as sf
 import torch
 
 from models.lstm_generator import LSTMGenerator
-from musicray import storage, workspace
+from musicray import catalog, storage, workspace
 from musicray.audio import AudioError, decode
 from musicray.features import FeatureConfig, FeatureExtractor
 from musicray.vocoder import Vocoder
 
 MODEL_NAME = "generator"
 VALIDATION_FRACTION = 0.1
-AUDIO_FORMATS = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS")}
+PEAK = 0.99  # loudest sample after generation; Griffin-Lim can overshoot 1.0, which would clip
 
+# The training task still imports the labels from here; ``musicray.catalog`` is their one reader.
+track_labels = catalog.track_labels
 
 # ---------------------------------------------------------------------------------------------
 # Which tracks train and which are held out
@@ -110,20 +90,6 @@ def workspace_layout(root: str) -> dict:
             "n_frames": int(metadata.get(b"n_frames", defaults.n_frames)),
             "sample_rate": int(metadata.get(b"sample_rate", defaults.sample_rate)),
             "hop_length": int(metadata.get(b"hop_length", defaults.hop_length))}
-
-
-def track_labels(root: str) -> dict[str, str]:
-    """track_id -> label from the workspace's catalog (empty without a ``label`` column)."""
-    import pyarrow.parquet as pq
-
-
-    if not storage.exists(workspace.catalog_file(root)):
-        return {}
-    table = pq.read_table(io.BytesIO(storage.read_bytes(workspace.catalog_file(root))))
-    if "label" not in table.column_names:
-        return {}
-    ids, labels = table.column("track_id").to_pylist(), table.column("label").to_pylist()
-    return {t: str(label) for t, label in zip(ids, labels) if label is not None}
 
 
 def logmel_frames(flat, crop_frames: int, n_mels: int) -> np.ndarray:
@@ -192,51 +158,7 @@ def seconds_to_frames(seconds: float, config: FeatureConfig) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Scores and baselines
-
-
-def gaussian_fit(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance of (N, D) vectors, in float64."""
-    frames = np.asarray(frames, dtype=np.float64)
-    if frames.ndim != 2 or len(frames) < 2:
-        raise ValueError(f"need (N >= 2, D) vectors to fit a Gaussian, got shape {frames.shape}")
-    return frames.mean(axis=0), np.cov(frames, rowvar=False)
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussian fits of two sets of (N, D) vectors.
-
-    ``|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a^1/2 S_b S_a^1/2)^1/2)``; the matrix square
-    roots come from symmetric eigendecompositions, so no complex parts or ``sqrtm`` warnings.
-    """
-    (mu_a, cov_a), (mu_b, cov_b) = gaussian_fit(a), gaussian_fit(b)
-    if mu_a.shape != mu_b.shape:
-        raise ValueError(f"vectors differ in size: {mu_a.shape[0]} and {mu_b.shape[0]}")
-    root_a = _psd_sqrt(cov_a)
-    cross = np.sqrt(np.linalg.eigvalsh(root_a @ cov_b @ root_a).clip(min=0)).sum()
-    distance = np.square(mu_a - mu_b).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross
-    return float(max(distance, 0.0))
-
-
-def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
-    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
-    return (vectors * np.sqrt(values.clip(min=0))) @ vectors.T
-
-
-def loop_seed(seed_logmel: torch.Tensor, n_frames: int) -> torch.Tensor:
-    """Baseline: the seed's frames repeated until ``n_frames``."""
-    repeats = math.ceil(n_frames / seed_logmel.shape[-1])
-    return seed_logmel.repeat(1, repeats)[:, :n_frames]
-
-
-def shaped_noise(seed_logmel: torch.Tensor, n_frames: int, vocoder: Vocoder, *, seed: int) -> torch.Tensor:
-    """Baseline waveform: stationary noise with the seed's average mel power spectrum."""
-    mean_power = torch.pow(10.0, seed_logmel.float() / 10.0).mean(dim=-1)
-    return vocoder.noise(mean_power, n_frames, seed=seed)
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation
+# Loading a trained generator and generating
 
 
 @dataclass
@@ -263,199 +185,61 @@ def load_generator(root: str, run_id: str | None = None, map_location: str = "cp
                             meta.get("validation_fraction", VALIDATION_FRACTION))
 
 
-CANDIDATES = ("generator", "loop-seed (baseline)", "shaped-noise (baseline)", "vocoded-real (reference)",
-              "codebook-real (reference)")
-
-
 @one_thread()
-def evaluate_generation(trained: TrainedGenerator | LSTMGenerator, features: str | pd.DataFrame | pa.Table,
-                        track_ids: list[str], *, seed_seconds: float = 5.0, continuation_seconds: float = 10.0,
-                        seed: int = 0, temperature: float = 1.0, vocoder: Vocoder | None = None,
-                        plot_dir: str | None = None, n_plots: int = 2, progress=None) -> dict:
-    """Fréchet distances of the model's and the baselines' continuations of ``track_ids``.
+def generate_clip(root: str, *, seconds: float, seed_track: str | None = None, seed_audio: str | bytes | None = None,
+                  seed: int = 0, temperature: float = 1.0, label: str | None = None, seed_seconds: float = 5.0,
+                  max_seconds: float = 30.0, include_seed: bool = False, run_id: str | None = None,
+                  generator: TrainedGenerator | None = None, vocoder: Vocoder | None = None
+                  ) -> tuple[np.ndarray, int, dict]:
+    """A generated continuation: (mono float32 waveform, sample rate, meta).
 
-    Tracks too short for seed + continuation are skipped and counted. With ``plot_dir``, the first
-    ``n_plots`` tracks get a spectrogram PNG of seed + every continuation. Returns a JSON-ready dict.
+    ``seed_audio`` is a path/URI or the file's bytes (an upload). Pass a loaded ``generator`` (and
+    ``vocoder``) to skip loading them per call, as a server would. ``meta`` holds the run id, the
+    seed and continuation log-mels and their ``feature_config`` (for plots), the LSTM and vocoder
+    times. Bad inputs raise ValueError naming them; a workspace without a trained generator raises
+    FileNotFoundError.
     """
-    model = trained.model if isinstance(trained, TrainedGenerator) else trained
-    model.eval()
+    if (seed_track is None) == (seed_audio is None):
+        raise ValueError("give exactly one seed: a catalog track id or an audio file")
+    if not seconds > 0:
+        raise ValueError(f"seconds must be > 0, got {seconds:g}")
+    if seconds > max_seconds:
+        raise ValueError(f"{seconds:g} s requested, above the cap of {max_seconds:g} s (raise it with --max-seconds)")
+    if not seed_seconds > 0:
+        raise ValueError(f"seed seconds must be > 0, got {seed_seconds:g}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature:g}")
+    generator = generator or load_generator(root, run_id)
+    model = generator.model
+    model.label_index(label)  # an unknown label fails before any work
     config = feature_config(model)
     vocoder = vocoder or Vocoder(config)
-    extractor = FeatureExtractor(config)
-    seed_frames = seconds_to_frames(seed_seconds, config)
-    continuation_frames = seconds_to_frames(continuation_seconds, config)
-    logmels = track_logmels(features, track_ids, config.n_mels)
-    usable = [t for t in sorted(logmels) if logmels[t].shape[1] >= seed_frames + continuation_frames]
-    if not usable:
-        raise ValueError(f"none of the {len(track_ids)} evaluation tracks has "
-                         f"{seed_seconds + continuation_seconds:g} s of audio for seed + continuation")
-    pooled: dict[str, list[np.ndarray]] = {name: [] for name in ("real", *CANDIDATES)}
-    plots = []
-    for i, track_id in enumerate(usable):
-        frames = torch.from_numpy(logmels[track_id])
-        seed_logmel = frames[:, :seed_frames]
-        real = frames[:, seed_frames: seed_frames + continuation_frames]
-        waveforms = {
-            "generator": vocoder(model.generate(seed_logmel, continuation_frames, seed=seed + i,
-                                                temperature=temperature), seed=seed + i),
-            "loop-seed (baseline)": vocoder(loop_seed(seed_logmel, continuation_frames), seed=seed + i),
-            "shaped-noise (baseline)": shaped_noise(seed_logmel, continuation_frames, vocoder, seed=seed + i),
-            "vocoded-real (reference)": vocoder(real, seed=seed + i),
-            "codebook-real (reference)": vocoder(model.detokenize(model.tokenize(real)), seed=seed + i),
-        }
-        heard = {name: extractor(w[None])["logmel"][0] for name, w in waveforms.items()}
-        pooled["real"].append(real.T.numpy())
-        for name, logmel in heard.items():
-            pooled[name].append(logmel.T.numpy())
-        if plot_dir is not None and i < n_plots:
-            uri = storage.join(plot_dir, f"generation_{_safe_name(track_id)}.png")
-            plot_continuations(uri, seed_logmel, {"real": real, **heard}, config, title=f"track {track_id}")
-            plots.append(uri)
-        if progress:
-            progress(f"generation: {i + 1}/{len(usable)} tracks")
-    real_frames = np.concatenate(pooled["real"])
-    frechet = {name: frechet_distance(np.concatenate(pooled[name]), real_frames) for name in CANDIDATES}
-    baselines = {n: v for n, v in frechet.items() if n.endswith("(baseline)")}
-    best_baseline = min(baselines, key=baselines.get)
-    return {
-        "tracks": len(usable), "skipped_too_short": len(logmels) - len(usable),
-        "missing_features": len(set(track_ids) - set(logmels)),
-        "seed_seconds": seed_seconds, "continuation_seconds": continuation_seconds,
-        "seed": seed, "temperature": temperature, "frames_per_candidate": int(len(real_frames)),
-        "frechet": frechet, "best_baseline": best_baseline,
-        "generator_beats_best_baseline": frechet["generator"] < baselines[best_baseline],
-        "plots": plots,
-    }
 
+    if seed_track is not None:
+        logmels = track_logmels(root, [seed_track], config.n_mels)
+        if seed_track not in logmels:
+            raise ValueError(f"unknown seed track {seed_track!r}: no such track_id in the features of {root}")
+        seed_logmel = torch.from_numpy(logmels[seed_track][:, : seconds_to_frames(seed_seconds, config)])
+    else:
+        seed_logmel = seed_from_audio(seed_audio, seed_seconds, config)
 
-def evaluate_workspace(root: str, *, plot_dir: str | None = None, run_id: str | None = None, seed: int = 0,
-                       seed_seconds: float = 5.0, continuation_seconds: float = 10.0, temperature: float = 1.0,
-                       max_tracks: int | None = None, progress=None) -> dict | None:
-    """``evaluate_generation`` of the workspace's generator on the tracks its training held out;
-    None when no generator was trained yet. ``max_tracks`` keeps the first held-out tracks by id."""
-    from musicray.schemas import read_features
-
-    try:
-        generator = load_generator(root, run_id)
-    except FileNotFoundError:
-        return None
-    ids = read_features(root, columns=["track_id"]).column("track_id").to_pylist()
-    held_out = held_out_tracks(ids, generator.validation_fraction)[:max_tracks]
-    metrics = evaluate_generation(generator, root, held_out, seed_seconds=seed_seconds,
-                                  continuation_seconds=continuation_seconds, seed=seed, temperature=temperature,
-                                  plot_dir=plot_dir, progress=progress)
-    return {"run_id": generator.run_id, **metrics}
-
-
-def generation_report(metrics: dict) -> list[str]:
-    """Markdown lines for a report's generation section."""
-    lines = ["## Generation: Fréchet distance of continuations (lower is better)", "",
-             f"{metrics['tracks']} held-out tracks, {metrics['seed_seconds']:g} s seed, "
-             f"{metrics['continuation_seconds']:g} s continuation, temperature {metrics['temperature']:g}; "
-             "per-frame log-mel statistics against the real continuations, every candidate vocoded alike.", "",
-             "| continuation | Fréchet distance |", "|---|---|"]
-    lines += [f"| {name} | {value:.1f} |" for name, value in metrics["frechet"].items()]
-    verdict = "beats" if metrics["generator_beats_best_baseline"] else "does not beat"
-    lines += ["", f"The generator {verdict} the best baseline ({metrics['best_baseline']})."]
-    return lines
-
-
-def _safe_name(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)[:80]
-
-
-# ---------------------------------------------------------------------------------------------
-# Pictures and audio files
-
-
-def plot_continuations(uri: str, seed_logmel: torch.Tensor, continuations: dict[str, torch.Tensor],
-                       config: FeatureConfig = FeatureConfig(), title: str = "") -> None:
-    """One PNG: a row per continuation, each showing seed + continuation, a line where the seed ends."""
-    from musicray import plots
-
-    plt = plots.plt
-    seed_logmel = torch.as_tensor(seed_logmel).float()
-    figure, axes = plt.subplots(len(continuations), 1, figsize=(11, 2.2 * len(continuations) + 0.6), squeeze=False,
-                                sharex=True, constrained_layout=True)
-    frame_seconds = config.hop_length / config.sample_rate
-    rows = {name: torch.cat([seed_logmel, torch.as_tensor(c).float()], dim=-1).numpy()
-            for name, c in continuations.items()}
-    top = max(float(whole.max()) for whole in rows.values())  # one colour scale for all rows
-    for axis, (name, whole) in zip(axes[:, 0], rows.items()):
-        image = axis.imshow(whole, origin="lower", aspect="auto", cmap="magma", vmin=top - 80, vmax=top,
-                            extent=(0, whole.shape[1] * frame_seconds, 0, whole.shape[0]))
-        axis.axvline(seed_logmel.shape[-1] * frame_seconds, color="white", linestyle="--", linewidth=1)
-        axis.set_ylabel("mel band")
-        axis.set_title(name, fontsize=9, loc="left")
-    axes[-1, 0].set_xlabel("seconds (dashed line: end of the seed)")
-    figure.colorbar(image, ax=axes[:, 0].tolist(), label="dB", fraction=0.02)
-    if title:
-        figure.suptitle(title)
-    plots.save(figure, uri)
-
-
-def audio_format(path: str) -> tuple[str, str]:
-    """(libsndfile format, subtype) for an output path, by its extension."""
-    extension = "." + str(path).rsplit(".", 1)[-1].lower() if "." in str(path).rsplit("/", 1)[-1] else ""
-    if extension not in AUDIO_FORMATS:
-        raise ValueError(f"unsupported audio output {path!r}: the extension must be one of "
-                         f"{', '.join(AUDIO_FORMATS)}")
-    return AUDIO_FORMATS[extension]
-
-
-def encode_audio(waveform: np.ndarray, sample_rate: int, extension: str) -> bytes:
-    """Audio file bytes; the same samples always give the same bytes (Ogg included)."""
-    fmt, subtype = audio_format(f"clip{extension}")
-    buffer = io.BytesIO()
-    sf.write(buffer, np.asarray(waveform, dtype=np.float32), sample_rate, format=fmt, subtype=subtype)
-    data = buffer.getvalue()
-    return _fix_ogg_serial(data) if fmt == "OGG" else data
-
-
-def write_audio(path: str, waveform: np.ndarray, sample_rate: int) -> None:
-    """Write a mono waveform as WAV, FLAC or Ogg Vorbis, chosen by ``path``'s extension (local or s3://)."""
-    fmt, _ = audio_format(path)
-    extension = {"WAV": ".wav", "FLAC": ".flac", "OGG": ".ogg"}[fmt]
-    storage.write_bytes(path, encode_audio(waveform, sample_rate, extension))
-
-
-OGG_SERIAL = 0x6D726179  # "mray"
-
-
-def _fix_ogg_serial(data: bytes) -> bytes:
-    """Give every Ogg page a fixed stream serial number and recompute its CRC.
-
-    libsndfile picks the serial at random per file, which is the only thing that makes two
-    encodings of the same samples differ; fixing it makes seeded generation byte-reproducible.
-    """
-    out, position = bytearray(data), 0
-    while position + 27 <= len(out):
-        if out[position: position + 4] != b"OggS":
-            raise ValueError("not an Ogg stream: page header expected")
-        segments = out[position + 26]
-        size = 27 + segments + sum(out[position + 27: position + 27 + segments])
-        struct.pack_into("<I", out, position + 14, OGG_SERIAL)
-        struct.pack_into("<I", out, position + 22, 0)  # the CRC is computed with its own field zeroed
-        struct.pack_into("<I", out, position + 22, _ogg_crc(bytes(out[position: position + size])))
-        position += size
-    return bytes(out)
-
-
-def _ogg_crc_table() -> list[int]:
-    table = []
-    for byte in range(256):  # CRC-32, polynomial 0x04C11DB7, not reflected, initial value 0 (Ogg's)
-        value = byte << 24
-        for _ in range(8):
-            value = ((value << 1) ^ 0x04C11DB7) if value & 0x80000000 else value << 1
-        table.append(value & 0xFFFFFFFF)
-    return table
-
-
-_OGG_CRC_TABLE = _ogg_crc_table()
-
-
-def _ogg_crc(page: bytes) -> int:
-    crc = 0
-    for byte in page:
-        crc = ((crc << 8) & 0xFFFFFFFF) ^ _OGG_CRC_TABLE[(crc >> 24) ^ byte]
-    return crc
+    n_samples = int(round(seconds * config.sample_rate))
+    n_frames = math.ceil(n_samples / config.hop_length) + 1  # enough frames to vocode n_samples, trimmed below
+    started = time.perf_counter()
+    continuation = model.generate(seed_logmel, n_frames, seed=seed, temperature=temperature, label=label)
+    lstm_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    # With the seed, both are vocoded as one spectrogram so the phase runs on across the join.
+    spectrogram = torch.cat([seed_logmel, continuation], dim=-1) if include_seed else continuation
+    kept = n_samples + (seed_logmel.shape[-1] * config.hop_length if include_seed else 0)
+    waveform = vocoder(spectrogram, seed=seed).numpy()[:kept]
+    vocoder_seconds = time.perf_counter() - started
+    peak = float(np.abs(waveform).max()) if waveform.size else 0.0
+    gain = PEAK / peak if peak > PEAK else 1.0
+    meta = {"run_id": generator.run_id, "seconds": len(waveform) / config.sample_rate, "frames": n_frames,
+            "seed": seed, "temperature": temperature, "label": label,
+            "seed_source": f"track {seed_track}" if seed_track is not None else
+            ("uploaded audio" if isinstance(seed_audio, bytes) else f"file {seed_audio}"),
+            "seed_logmel": seed_logmel, "logmel": continuation, "feature_config": config, "gain": gain,
+            "lstm_seconds": lstm_seconds, "vocoder_seconds": vocoder_seconds}
+    return (waveform * gain).astype(np.float32), config.sample_rate, meta

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -11,6 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from musicray import storage  # noqa: E402
+
+if TYPE_CHECKING:
+    from musicray.features import FeatureConfig
 
 
 def save(figure, uri: str) -> None:
@@ -85,4 +89,27 @@ def search_curves(curves: dict[str, list[tuple[int, float]]], metric: str, best:
     axis.set(xlabel="epochs trained", ylabel=metric, title=f"{metric} of every trial (early stops end early)")
     axis.xaxis.get_major_locator().set_params(integer=True)
     axis.legend(fontsize=7, ncol=2)
+    save(figure, uri)
+
+
+def continuations(uri: str, seed_logmel, by_name: dict, config: FeatureConfig, title: str = "") -> None:
+    """Log-mel spectrograms (arrays or tensors, (n_mels, T) in dB) of a seed and its continuations
+    (name -> log-mel): a row per continuation showing seed + continuation, a line where the seed
+    ends. ``config`` is the features' (its hop and rate give the time axis)."""
+    seed = np.asarray(seed_logmel, dtype=np.float32)
+    figure, axes = plt.subplots(len(by_name), 1, figsize=(11, 2.2 * len(by_name) + 0.6), squeeze=False,
+                                sharex=True, constrained_layout=True)
+    frame_seconds = config.hop_length / config.sample_rate
+    rows = {name: np.concatenate([seed, np.asarray(c, dtype=np.float32)], axis=-1) for name, c in by_name.items()}
+    top = max(float(whole.max()) for whole in rows.values())  # one colour scale for all rows
+    for axis, (name, whole) in zip(axes[:, 0], rows.items()):
+        image = axis.imshow(whole, origin="lower", aspect="auto", cmap="magma", vmin=top - 80, vmax=top,
+                            extent=(0, whole.shape[1] * frame_seconds, 0, whole.shape[0]))
+        axis.axvline(seed.shape[-1] * frame_seconds, color="white", linestyle="--", linewidth=1)
+        axis.set_ylabel("mel band")
+        axis.set_title(name, fontsize=9, loc="left")
+    axes[-1, 0].set_xlabel("seconds (dashed line: end of the seed)")
+    figure.colorbar(image, ax=axes[:, 0].tolist(), label="dB", fraction=0.02)
+    if title:
+        figure.suptitle(title)
     save(figure, uri)

@@ -40,7 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from musicray import checkpoints, snapshots, storage, workspace
 from musicray.checkpoints import TrainedModel
 from musicray.evaluation import MAX_PREFIX
-from musicray.generation import MODEL_NAME as GENERATOR, TrainedGenerator, encode_audio, load_generator
+from musicray.audio import encode_audio
+from musicray.generation import MODEL_NAME as GENERATOR, TrainedGenerator, load_generator
 from musicray.index import TrackIndex
 from musicray.schemas import read_features
 from musicray.scoring import session_queries
@@ -484,7 +485,7 @@ class GenerateService:
         return await asyncio.to_thread(self._generate, state, request, upload)
 
     def _generate(self, state: GenerateState, request: GenerateRequest, upload: bytes | None) -> GeneratedAudio:
-        from ray_jobs.generate import generate_clip
+        from musicray.generation import generate_clip
 
         try:
             waveform, sample_rate, meta = generate_clip(

@@ -11,7 +11,7 @@ targets (tracks never played in training). With a ``label`` column in the catalo
 track space is also scored by label precision@10 of its nearest neighbours, against an
 MFCC-statistics space. When a music generator was trained, a generation section scores its
 continuations of held-out tracks by Fréchet distance against looping the seed and noise shaped
-to the seed's spectrum (``musicray.generation``), with spectrogram PNGs of seed + continuation.
+to the seed's spectrum (``musicray.generation_eval``), with spectrogram PNGs of seed + continuation.
 Writes ``metrics.json``, ``report.md`` and PNG plots to ``--out``.
 """
 
@@ -31,7 +31,7 @@ from musicray.baselines import baselines, mfcc_baseline_vectors
 from musicray.catalog import track_labels
 from musicray.checkpoints import load_trained
 from musicray.content import TrackCatalog
-from musicray.generation import evaluate_workspace, generation_report
+from musicray.generation_eval import evaluate_workspace, generation_report
 from musicray.metrics import evaluate, label_precision_at_k, paired_difference
 from musicray.schemas import read_features
 from musicray.scoring import ModelScorer

@@ -13,78 +13,11 @@ same audio bytes. No Ray is needed: one clip is a few hundred milliseconds of CP
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-import time
 
-import numpy as np
-import torch
-
-from musicray.generation import (TrainedGenerator, audio_format, feature_config, load_generator, one_thread,
-                                 plot_continuations, seconds_to_frames, seed_from_audio, track_logmels, write_audio)
-from musicray.vocoder import Vocoder
-
-PEAK = 0.99  # loudest sample after generation; Griffin-Lim can overshoot 1.0, which would clip
-
-
-@one_thread()
-def generate_clip(root: str, *, seconds: float, seed_track: str | None = None, seed_audio: str | bytes | None = None,
-                  seed: int = 0, temperature: float = 1.0, label: str | None = None, seed_seconds: float = 5.0,
-                  max_seconds: float = 30.0, include_seed: bool = False, run_id: str | None = None,
-                  generator: TrainedGenerator | None = None, vocoder: Vocoder | None = None
-                  ) -> tuple[np.ndarray, int, dict]:
-    """A generated continuation: (mono float32 waveform, sample rate, meta).
-
-    ``seed_audio`` is a path/URI or the file's bytes (an upload). Pass a loaded ``generator`` (and
-    ``vocoder``) to skip loading them per call, as a server would. ``meta`` holds the run id, the
-    seed and continuation log-mels and their ``feature_config`` (for plots), the LSTM and vocoder
-    times. Bad inputs raise ValueError naming them; a workspace without a trained generator raises
-    FileNotFoundError.
-    """
-    if (seed_track is None) == (seed_audio is None):
-        raise ValueError("give exactly one seed: a catalog track id or an audio file")
-    if not seconds > 0:
-        raise ValueError(f"seconds must be > 0, got {seconds:g}")
-    if seconds > max_seconds:
-        raise ValueError(f"{seconds:g} s requested, above the cap of {max_seconds:g} s (raise it with --max-seconds)")
-    if not seed_seconds > 0:
-        raise ValueError(f"seed seconds must be > 0, got {seed_seconds:g}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature:g}")
-    generator = generator or load_generator(root, run_id)
-    model = generator.model
-    model.label_index(label)  # an unknown label fails before any work
-    config = feature_config(model)
-    vocoder = vocoder or Vocoder(config)
-
-    if seed_track is not None:
-        logmels = track_logmels(root, [seed_track], config.n_mels)
-        if seed_track not in logmels:
-            raise ValueError(f"unknown seed track {seed_track!r}: no such track_id in the features of {root}")
-        seed_logmel = torch.from_numpy(logmels[seed_track][:, : seconds_to_frames(seed_seconds, config)])
-    else:
-        seed_logmel = seed_from_audio(seed_audio, seed_seconds, config)
-
-    n_samples = int(round(seconds * config.sample_rate))
-    n_frames = math.ceil(n_samples / config.hop_length) + 1  # enough frames to vocode n_samples, trimmed below
-    started = time.perf_counter()
-    continuation = model.generate(seed_logmel, n_frames, seed=seed, temperature=temperature, label=label)
-    lstm_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    # With the seed, both are vocoded as one spectrogram so the phase runs on across the join.
-    spectrogram = torch.cat([seed_logmel, continuation], dim=-1) if include_seed else continuation
-    kept = n_samples + (seed_logmel.shape[-1] * config.hop_length if include_seed else 0)
-    waveform = vocoder(spectrogram, seed=seed).numpy()[:kept]
-    vocoder_seconds = time.perf_counter() - started
-    peak = float(np.abs(waveform).max()) if waveform.size else 0.0
-    gain = PEAK / peak if peak > PEAK else 1.0
-    meta = {"run_id": generator.run_id, "seconds": len(waveform) / config.sample_rate, "frames": n_frames,
-            "seed": seed, "temperature": temperature, "label": label,
-            "seed_source": f"track {seed_track}" if seed_track is not None else
-            ("uploaded audio" if isinstance(seed_audio, bytes) else f"file {seed_audio}"),
-            "seed_logmel": seed_logmel, "logmel": continuation, "feature_config": config, "gain": gain,
-            "lstm_seconds": lstm_seconds, "vocoder_seconds": vocoder_seconds}
-    return (waveform * gain).astype(np.float32), config.sample_rate, meta
+from musicray import plots
+from musicray.audio import audio_format, write_audio
+from musicray.generation import generate_clip
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -121,8 +54,8 @@ def main(argv=None) -> int:
         return 2
     write_audio(args.out, waveform, sample_rate)
     if args.spectrogram:
-        plot_continuations(args.spectrogram, meta["seed_logmel"], {"generated": meta["logmel"]},
-                           meta["feature_config"], title=f"{meta['seed_source']}, seed {args.seed}")
+        plots.continuations(args.spectrogram, meta["seed_logmel"], {"generated": meta["logmel"]},
+                            meta["feature_config"], title=f"{meta['seed_source']}, seed {args.seed}")
     compute = meta["lstm_seconds"] + meta["vocoder_seconds"]
     print(f"wrote {args.out}: {meta['seconds']:.1f} s from {meta['seed_source']} (generator run {meta['run_id']}, "
           f"seed {args.seed}, temperature {args.temperature:g}) in {compute:.2f} s "

@@ -199,10 +199,11 @@ def stage_tune(args, console, progress) -> str:
 
 
 def stage_generate(args, console, progress) -> str:
-    from musicray.generation import held_out_tracks, plot_continuations, write_audio
+    from musicray import plots
+    from musicray.audio import write_audio
+    from musicray.generation import generate_clip, held_out_tracks
     from musicray.schemas import read_features
     from ray_jobs.common import EpochProgress
-    from ray_jobs.generate import generate_clip
     from ray_jobs.train_generator import GeneratorSettings, run_train_generator, summary
 
     settings = GeneratorSettings(epochs=args.generator_epochs, crops_per_track=args.generator_crops)
@@ -215,8 +216,8 @@ def stage_generate(args, console, progress) -> str:
     waveform, sample_rate, meta = generate_clip(args.root, seconds=10.0, seed_track=seed_track, include_seed=True)
     clip, picture = _report_file(args, "generated.wav"), _report_file(args, "generated.png")
     write_audio(clip, waveform, sample_rate)
-    plot_continuations(picture, meta["seed_logmel"], {"generated": meta["logmel"]}, meta["feature_config"],
-                       title=f"{meta['seed_source']}: 5 s seed, 10 s generated")
+    plots.continuations(picture, meta["seed_logmel"], {"generated": meta["logmel"]}, meta["feature_config"],
+                        title=f"{meta['seed_source']}: 5 s seed, 10 s generated")
     progress.add(1)
     return (f"val loss {result.best['val_loss']:.2f} nats/frame; 5 s of {seed_track} continued for 10 s")
 

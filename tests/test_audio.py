@@ -1,4 +1,4 @@
-"""Decoding: formats, rates, channel counts, crops, and every kind of bad file."""
+"""Decoding: formats, rates, channel counts, crops, every kind of bad file; and encoding back to files."""
 
 import io
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from musicray.audio import AudioError, decode
-from tests.conftest import audio_bytes
+from musicray.audio import AudioError, decode, encode_audio, ogg_crc, write_audio
+from tests.conftest import audio_bytes, tone
 
 
 @pytest.mark.parametrize("fmt", ["WAV", "FLAC", "MP3", "OGG"])
@@ -73,3 +73,60 @@ def test_silence_decodes():
     sf.write(buffer, np.zeros(3 * 22050, dtype=np.float32), 22050, format="WAV")
     clip = decode(buffer.getvalue())
     assert np.all(clip.samples == 0) and len(clip.samples) == 3 * 22050
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding
+
+
+@pytest.mark.parametrize("extension,fmt", [(".wav", "WAV"), (".flac", "FLAC"), (".ogg", "OGG")])
+def test_write_audio_by_extension(tmp_path, extension, fmt):
+    waveform = tone(2.0)[:, 0]
+    path = str(tmp_path / f"clip{extension}")
+    write_audio(path, waveform, 22050)
+    info = sf.info(path)
+    assert info.format == fmt and info.samplerate == 22050 and info.frames == len(waveform)
+    samples, _ = sf.read(path, dtype="float32")
+    assert np.corrcoef(samples, waveform)[0, 1] > 0.99
+    first = (tmp_path / f"clip{extension}").read_bytes()
+    write_audio(path, waveform, 22050)
+    assert (tmp_path / f"clip{extension}").read_bytes() == first  # Ogg too: its stream serial is fixed
+
+
+def test_write_audio_rejects_other_extensions(tmp_path):
+    for name in ("clip.mp3", "clip"):
+        with pytest.raises(ValueError, match=f"unsupported audio output '.*{name}'.*\\.wav, \\.flac, \\.ogg"):
+            write_audio(str(tmp_path / name), np.zeros(100, dtype=np.float32), 22050)
+
+
+def _bitwise_ogg_crc(data: bytes) -> int:
+    """The Ogg spec's CRC-32 bit by bit (polynomial 0x04C11DB7, MSB first, initial 0, no final xor)."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) & 0xFFFFFFFF if crc & 0x80000000 else (crc << 1) & 0xFFFFFFFF
+    return crc
+
+
+def test_ogg_pages_carry_the_fixed_serial_and_valid_checksums():
+    rng = np.random.default_rng(0)
+    waveform = 0.5 * tone(6.0)[:, 0] + 0.05 * rng.normal(size=6 * 22050).astype(np.float32)
+    data = encode_audio(waveform, 22050, ".ogg")
+    samples, rate = sf.read(io.BytesIO(data), dtype="float32")
+    assert rate == 22050 and len(samples) == len(waveform)
+    position, pages = 0, 0
+    while position < len(data):
+        assert data[position: position + 4] == b"OggS"
+        segments = data[position + 26]
+        size = 27 + segments + sum(data[position + 27: position + 27 + segments])
+        page = bytearray(data[position: position + size])
+        assert int.from_bytes(page[14:18], "little") == 0x6D726179  # "mray", on every page
+        stored = int.from_bytes(page[22:26], "little")
+        page[22:26] = bytes(4)  # the checksum is of the page with its own field zeroed
+        assert stored == _bitwise_ogg_crc(bytes(page)), f"page {pages}"
+        position, pages = position + size, pages + 1
+    assert pages > 3 and position == len(data)
+    for length in (0, 1, 3, 1000):  # the zlib-derived CRC against the bit-by-bit one, on any bytes
+        chunk = rng.bytes(length)
+        assert ogg_crc(chunk) == _bitwise_ogg_crc(chunk)

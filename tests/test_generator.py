@@ -16,8 +16,8 @@ from models import GENERATORS, RECOMMENDERS, build
 from models.lstm_generator import LSTMGenerator, fit_codebook, kmeans
 from musicray import cli, storage, workspace
 from musicray.features import FeatureConfig, FeatureExtractor
-from musicray.generation import (evaluate_generation, evaluate_workspace, frechet_distance, generation_report,
-                                 held_out_tracks, load_generator, split_tracks, write_audio)
+from musicray.generation import held_out_tracks, load_generator, split_tracks
+from musicray.generation_eval import evaluate_generation, evaluate_workspace, frechet_distance, generation_report
 from musicray.schemas import features_schema
 from musicray.vocoder import Vocoder
 from ray_jobs import evaluate, generate
@@ -107,7 +107,7 @@ def test_lstm_learns_a_repeating_pattern():
 
 
 # ---------------------------------------------------------------------------------------------
-# Vocoder, Fréchet distance, audio files
+# Vocoder and Fréchet distance (audio files: tests/test_audio.py)
 
 
 def test_vocoder_round_trip_keeps_the_log_mel():
@@ -143,26 +143,6 @@ def test_frechet_distance_is_zero_for_one_distribution_and_grows_with_a_shift():
     assert wider > 1.0 and frechet_distance(real, real * 2.0) == pytest.approx(wider, rel=1e-6)
     with pytest.raises(ValueError, match="differ in size"):
         frechet_distance(real, real[:, :8])
-
-
-@pytest.mark.parametrize("extension,fmt", [(".wav", "WAV"), (".flac", "FLAC"), (".ogg", "OGG")])
-def test_write_audio_by_extension(tmp_path, extension, fmt):
-    waveform = tone(2.0)[:, 0]
-    path = str(tmp_path / f"clip{extension}")
-    write_audio(path, waveform, 22050)
-    info = sf.info(path)
-    assert info.format == fmt and info.samplerate == 22050 and info.frames == len(waveform)
-    samples, _ = sf.read(path, dtype="float32")
-    assert np.corrcoef(samples, waveform)[0, 1] > 0.99
-    first = (tmp_path / f"clip{extension}").read_bytes()
-    write_audio(path, waveform, 22050)
-    assert (tmp_path / f"clip{extension}").read_bytes() == first  # Ogg too: its stream serial is fixed
-
-
-def test_write_audio_rejects_other_extensions(tmp_path):
-    for name in ("clip.mp3", "clip"):
-        with pytest.raises(ValueError, match=f"unsupported audio output '.*{name}'.*\\.wav, \\.flac, \\.ogg"):
-            write_audio(str(tmp_path / name), np.zeros(100, dtype=np.float32), 22050)
 
 
 def test_held_out_split_is_stable_under_catalog_growth():
