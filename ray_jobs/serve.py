@@ -8,7 +8,8 @@ Two applications, each a FastAPI ingress (``musicray.serving`` builds the apps; 
 
     recommend  route prefix /           POST /recommend, GET /similar/{track_id}, GET /tracks/{track_id},
                                         GET /healthz, GET /version
-    generate   route prefix /generate   POST /generate, GET /generate/healthz, GET /generate/version
+    generate   route prefix /generate   POST /generate (JSON), POST /generate/upload (a seed clip, multipart),
+                                        GET /generate/healthz, GET /generate/version
 
 The recommender's forward passes go through ``@serve.batch``: requests that arrive together share
 one forward pass and one index query. Each replica follows the LATEST pointers (polled every

@@ -115,6 +115,24 @@ def test_follower_swaps_whole_states_and_keeps_the_old_one_when_a_load_fails():
         follower.close()
 
 
+def test_catalog_labels_follow_one_rule(tmp_path):
+    """A null, NaN or blank label is no label: the track is absent from track_labels (as served, label None)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from musicray import catalog, workspace as paths
+
+    root = str(tmp_path / "ws")
+    assert catalog.track_labels(root) == {} and catalog.track_metadata(root) == {}  # no extract yet
+    (tmp_path / "ws").mkdir()
+    pq.write_table(pa.table({"track_id": ["a", "b", "c", "d"], "uri": ["a.wav"] * 4,
+                             "label": ["rock", None, " ", "jazz"], "bpm": [120.0, float("nan"), 90.0, None]}),
+                   paths.catalog_file(root))
+    assert catalog.track_labels(root) == {"a": "rock", "d": "jazz"}
+    metadata = catalog.track_metadata(root)
+    assert metadata["b"] == {"label": None, "bpm": None} and metadata["a"] == {"label": "rock", "bpm": 120.0}
+
+
 def test_similar_tracks_and_metadata(server, workspace):
     track = workspace["cold"][0]
     similar = get(f"{server}/similar/{track}", params={"k": 5})
@@ -137,8 +155,12 @@ def test_health_version_and_openapi_docs(server, workspace):
     paths = get(f"{server}/openapi.json").json()["paths"]
     assert {"/recommend", "/similar/{track_id}", "/tracks/{track_id}", "/healthz", "/version"} <= set(paths)
     generate_spec = get(f"{server}/generate/openapi.json").json()
-    assert set(generate_spec["paths"]["/"]["post"]["requestBody"]["content"]) == {"application/json",
-                                                                                  "multipart/form-data"}
+    assert generate_spec["servers"] == [{"url": "/generate"}]  # the paths below are under the route prefix
+    json_body, form = (generate_spec["paths"][p]["post"]["requestBody"]["content"] for p in ("", "/upload"))
+    assert set(json_body) == {"application/json"} and set(form) == {"multipart/form-data"}
+    upload_fields = generate_spec["components"]["schemas"]["GenerateUpload"]["properties"]
+    assert {"seed_audio", "seconds", "seed", "format"} <= set(upload_fields)
+    assert get(f"{server}/generate/docs").status_code == 200
     assert get(f"{server}/docs").status_code == 200
 
 
@@ -156,7 +178,7 @@ def test_generate_returns_reproducible_audio(server, workspace):
     assert rate == int(first.headers["x-sample-rate"]) and abs(len(samples) / rate - 1.0) < 0.05
 
     clip = audio_bytes(2.0, fmt="FLAC", freq=330.0)
-    uploaded = post(f"{server}/generate", files={"seed_audio": ("intro.flac", clip, "audio/flac")},
+    uploaded = post(f"{server}/generate/upload", files={"seed_audio": ("intro.flac", clip, "audio/flac")},
                     data={"seconds": "1", "format": "ogg", "seed": "3"})
     assert uploaded.status_code == 200, uploaded.text
     assert uploaded.headers["content-type"] == "audio/ogg" and uploaded.headers["x-seed-source"] == "upload"
@@ -193,13 +215,20 @@ def test_client_errors_are_4xx_with_a_clear_json_message(server, workspace):
          422, "format"),
         ("generate: malformed JSON", lambda: post(f"{server}/generate", data=b"{", headers={
             "content-type": "application/json"}), 422, "JSON"),
-        ("oversized upload", lambda: post(f"{server}/generate", files={"seed_audio": ("big.wav", big, "audio/wav")},
+        ("oversized upload", lambda: post(f"{server}/generate/upload", files={"seed_audio": ("big.wav", big,
+                                                                                            "audio/wav")},
                                           data={"seconds": "1"}), 413, "capped"),
-        ("non-audio upload", lambda: post(f"{server}/generate", files={"seed_audio": ("notes.txt", b"hello " * 100,
-                                                                                      "text/plain")},
+        ("non-audio upload", lambda: post(f"{server}/generate/upload", files={"seed_audio": (
+            "notes.txt", b"hello " * 100, "text/plain")},
                                           data={"seconds": "1"}), 415, "audio"),
-        ("upload and track both", lambda: post(f"{server}/generate", files={"seed_audio": (
+        ("upload and track both", lambda: post(f"{server}/generate/upload", files={"seed_audio": (
             "a.wav", audio_bytes(1.0), "audio/wav")}, data={"seed_track_id": played[0]}), 422, "exactly one"),
+        ("upload: no clip", lambda: post(f"{server}/generate/upload", files={"other": ("a.wav", b"x", "audio/wav")},
+                                         data={"seconds": "1"}), 422, "seed_audio"),
+        ("upload sent to the JSON route", lambda: post(f"{server}/generate", files={"seed_audio": (
+            "a.wav", audio_bytes(1.0), "audio/wav")}), 415, "/generate/upload"),
+        ("generate: not JSON", lambda: post(f"{server}/generate", data=b"seconds=1", headers={
+            "content-type": "application/x-www-form-urlencoded"}), 415, "application/json"),
     ]
     for name, send, status, words in cases:
         response = send()
@@ -207,6 +236,46 @@ def test_client_errors_are_4xx_with_a_clear_json_message(server, workspace):
         body = response.json()
         assert words.lower() in body["detail"].lower(), f"{name}: {body}"
         assert body["error"], name
+
+
+def test_the_upload_cap_stops_reading_a_body_past_it(workspace):
+    """413 after reading at most the cap: a declared Content-Length before any byte, a body without
+    one (chunked) as its bytes pass the cap; never the whole body first."""
+    import asyncio
+    import json
+
+    cap = 100_000
+    service = serving.GenerateService(workspace["root"], poll_seconds=3600, max_upload_bytes=cap)
+    app = serving.generate_api(service)
+    head = b'--x\r\nContent-Disposition: form-data; name="seed_audio"; filename="a.wav"\r\n\r\n'
+    chunk, chunks = b"\0" * 65536, 1000  # a 64 MB body
+
+    def send_upload(headers: list[tuple[bytes, bytes]]) -> tuple[int, dict, int]:
+        pulled, answer = [0], {"body": b""}
+
+        async def receive():
+            pulled[0] += 1
+            return {"type": "http.request", "body": head if pulled[0] == 1 else chunk, "more_body": pulled[0] < chunks}
+
+        async def send(message):
+            answer["status"] = message.get("status", answer.get("status"))
+            answer["body"] += message.get("body", b"")
+
+        asyncio.run(app({"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                         "scheme": "http", "path": "/generate/upload", "raw_path": b"/generate/upload",
+                         "root_path": "/generate", "query_string": b"", "server": ("127.0.0.1", 80),
+                         "client": ("127.0.0.1", 1),
+                         "headers": [(b"content-type", b"multipart/form-data; boundary=x"), *headers]}, receive, send))
+        return answer["status"], json.loads(answer["body"]), pulled[0]
+
+    try:
+        status, body, pulled = send_upload([(b"content-length", str(chunks * len(chunk)).encode())])
+        assert (status, body["error"], pulled) == (413, "upload_too_large", 0)
+        status, body, pulled = send_upload([])
+        assert status == 413 and f"capped at {cap} bytes" in body["detail"]
+        assert (pulled - 1) * len(chunk) <= cap + len(chunk) + 64 * 1024  # stopped at the cap, not the body's end
+    finally:
+        service.follower.close()
 
 
 def test_a_new_snapshot_is_swapped_in_under_load_without_a_failed_request(server, workspace):
