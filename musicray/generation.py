@@ -20,7 +20,7 @@ import pyarrow as pa
 import torch
 
 from models.lstm_generator import LSTMGenerator
-from musicray import catalog, storage, workspace
+from musicray import storage, workspace
 from musicray.audio import AudioError, decode
 from musicray.features import FeatureConfig, FeatureExtractor
 from musicray.vocoder import Vocoder
@@ -28,9 +28,6 @@ from musicray.vocoder import Vocoder
 MODEL_NAME = "generator"
 VALIDATION_FRACTION = 0.1
 PEAK = 0.99  # loudest sample after generation; Griffin-Lim can overshoot 1.0, which would clip
-
-# The training task still imports the labels from here; ``musicray.catalog`` is their one reader.
-track_labels = catalog.track_labels
 
 # ---------------------------------------------------------------------------------------------
 # Which tracks train and which are held out

@@ -171,9 +171,10 @@ def stage_extract(args, console, progress) -> str:
 def stage_train(args, console, progress) -> str:
     from models import RECOMMENDERS
     from ray_jobs.common import EpochProgress
-    from ray_jobs.train import TrainSettings, run_trains
+    from ray_jobs.tasks.recommender import RecommenderSettings
+    from ray_jobs.train import run_trains
 
-    jobs = {name: (TrainSettings(epochs=args.epochs), {}) for name in RECOMMENDERS}
+    jobs = {name: (RecommenderSettings(epochs=args.epochs), {}) for name in RECOMMENDERS}
     results = run_trains(jobs, args.root, _demo_file(args, "sessions_train.parquet"),
                          callbacks=[EpochProgress(progress)])
     return ", ".join(f"{r.model} {r.best['val_MRR@20']:.3f}" for r in results) + " val MRR@20"
@@ -204,12 +205,13 @@ def stage_generate(args, console, progress) -> str:
     from musicray.generation import generate_clip, held_out_tracks
     from musicray.schemas import read_features
     from ray_jobs.common import EpochProgress
-    from ray_jobs.train_generator import GeneratorSettings, run_train_generator, summary
+    from ray_jobs.tasks import summary
+    from ray_jobs.tasks.generator import GeneratorSettings
+    from ray_jobs.train import run_train
 
     settings = GeneratorSettings(epochs=args.generator_epochs, crops_per_track=args.generator_crops)
-    result = run_train_generator(args.root, settings=settings,
-                                 callbacks=[EpochProgress(progress)])
-    print(summary(result))
+    result = run_train("generator", args.root, settings=settings, callbacks=[EpochProgress(progress)])
+    print("\n".join(summary(result)))
     # Continue a track the generator never trained on, seed included so the join can be heard.
     track_ids = read_features(args.root, columns=["track_id"]).column("track_id").to_pylist()
     seed_track = held_out_tracks(track_ids)[0]

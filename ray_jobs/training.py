@@ -117,7 +117,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(settings.seed + rank)
 
     task.setup(rank, device)
-    model = task.build()
+    model = task.build().to(device)  # before the optimizer, so a restored optimizer state lands on the device
     averaged = copy.deepcopy(model).requires_grad_(False) if settings.ema_decay else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     start_epoch, history = 0, []
@@ -125,8 +125,7 @@ def train_loop_per_worker(config: dict) -> None:
     if resume_from:  # resuming: same run name, or an automatic retry after a failure
         start_epoch, history = restore_training(resume_from, averaged, optimizer,
                                                 training_model=model if averaged is not model else None)
-    objective = ray.train.torch.prepare_model(task.objective(model))  # moves the model to the device
-    averaged.to(device)
+    objective = ray.train.torch.prepare_model(task.objective(model))  # DDP when there are several workers
     shard = ray.train.get_dataset_shard("train")
 
     for epoch in range(start_epoch, settings.epochs):

@@ -21,8 +21,10 @@ from musicray.generation_eval import evaluate_generation, evaluate_workspace, fr
 from musicray.schemas import features_schema
 from musicray.vocoder import Vocoder
 from ray_jobs import evaluate, generate
-from ray_jobs.train_generator import GeneratorSettings, run_train_generator
+from ray_jobs.tasks.generator import GeneratorSettings
+from ray_jobs.train import run_train
 from tests.conftest import tone
+from tests.faults import CrashAfterEpoch
 
 SMALL = {"codebook_size": 16, "dim": 16, "hidden": 32, "layers": 1}
 
@@ -198,12 +200,13 @@ def trained(ray_cluster, tmp_path_factory):
     root = str(tmp_path_factory.mktemp("generator") / "ws")
     write_workspace(root)
     with pytest.raises(Exception, match="(?i)fail|died|error"):
-        run_train_generator(root, settings=SETTINGS, run_id="gen", model_config=SMALL, crash_after_epoch=1)
+        run_train("generator", root, settings=SETTINGS, run_id="gen", model_config=SMALL,
+                  hooks=[CrashAfterEpoch(1)])
     published_after_crash = storage.read_pointer(workspace.model_pointer(root, "generator"))
     killed = [json.loads(storage.read_text(f.uri))["history"]
               for f in storage.list_files(f"{root}/models/generator/gen")
               if f.uri.endswith("config.json") and "/checkpoint_" in f.uri]
-    result = run_train_generator(root, settings=SETTINGS, run_id="gen", model_config=SMALL)
+    result = run_train("generator", root, settings=SETTINGS, run_id="gen", model_config=SMALL)
     return root, result, killed, published_after_crash
 
 
@@ -213,7 +216,8 @@ def test_training_resumes_after_a_crash_and_publishes_the_best(trained):
     assert [h["epoch"] for h in result.history] == [0, 1, 2]
     assert result.history[:2] == max(killed, key=len)  # epochs 0 and 1 restored, not trained again
     assert result.best["val_loss"] == min(h["val_loss"] for h in result.history)
-    assert result.labels == ["high", "low"] and result.train_tracks + result.validation_tracks == len(TRACKS)
+    info = result.info
+    assert info["labels"] == ["high", "low"] and info["train_tracks"] + info["validation_tracks"] == len(TRACKS)
     assert storage.read_pointer(workspace.model_pointer(root, "generator")) == "gen"
     generator = load_generator(root)
     assert generator.metrics["epoch"] == result.best["epoch"] and generator.model.config.labels == ["high", "low"]

@@ -29,7 +29,8 @@ from models import build
 from models.lstm_generator import PAD, LSTMGenerator, NextTokenObjective, fit_codebook, nearest
 from musicray import storage, workspace
 from musicray.checkpoints import newest_checkpoint, read_model_files
-from musicray.generation import MODEL_NAME, held_out_score, split_tracks, track_labels, track_logmels, workspace_layout
+from musicray.catalog import track_labels
+from musicray.generation import MODEL_NAME, held_out_score, split_tracks, track_logmels, workspace_layout
 from musicray.schemas import parquet_files, read_features
 from ray_jobs.common import init_ray
 from ray_jobs.training import Prepared, Settings, checkpoint_files
