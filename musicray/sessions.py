@@ -87,10 +87,11 @@ def session_arrays(log: pd.DataFrame, index: dict[str, int], max_len: int = MAX_
             window = slice(start, start + max_len)
             if len(ids[window]) >= 2:
                 items.append(ids[window]), hours.append(hour[window]), weekdays.append(day[window])
-    return {name: _pad(rows, max_len) for name, rows in (("items", items), ("hours", hours), ("weekdays", weekdays))}
+    return {name: pad(rows, max_len) for name, rows in (("items", items), ("hours", hours), ("weekdays", weekdays))}
 
 
-def _pad(rows: list[np.ndarray], width: int) -> np.ndarray:
+def pad(rows: Sequence[Sequence[int]], width: int) -> np.ndarray:
+    """Rows of up to ``width`` values as one (len(rows), width) int64 array, -1 after each row."""
     out = np.full((len(rows), width), -1, dtype=np.int64)
     for i, row in enumerate(rows):
         out[i, : len(row)] = row

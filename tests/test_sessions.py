@@ -10,6 +10,7 @@ from models.losses import NextTrackObjective
 from models.modules import fit_standardizers
 from musicray.content import TrackCatalog
 from musicray.scoring import ModelScorer, session_queries
+from musicray.serving.recommend import Context, RecommendRequest, request_histories
 from musicray.sessions import MAX_PREFIX, encode_histories, load_log, make_examples, session_arrays, split_by_time
 
 
@@ -136,12 +137,14 @@ def test_training_evaluation_and_serving_ask_the_same_query(name):
     torch.testing.assert_close(scorer.score(examples), training @ vectors.T / model.temperature)
 
     # Serving knows the history's tracks and the requested time only; within one hour of one day
-    # it asks the model exactly what training and evaluation ask.
-    morning = session("2026-01-05 08:00", ["t2", "t7", "t7", "t0", "t8"])
-    training = training_queries(model, catalog, morning)
-    examples = make_examples(morning, catalog.track_ids)
-    served = session_queries(model, vectors, encode_histories(examples.items, next_hour=torch.full((4,), 8),
-                                                              next_weekday=torch.full((4,), 0)))
-    torch.testing.assert_close(served, training)
-    other_time = encode_histories(examples.items, next_hour=torch.full((4,), 20), next_weekday=torch.full((4,), 5))
-    assert not torch.allclose(session_queries(model, vectors, other_time), training)  # the context matters
+    # (Monday 08:00-08:24) it asks the model exactly what training and evaluation ask.
+    tracks = ["t2", "t7", "t7", "t0", "t8"]
+    training = training_queries(model, catalog, session("2026-01-05 08:00", tracks))
+    histories = [[catalog.index[t] for t in tracks[: n + 1]] for n in range(len(tracks) - 1)]
+
+    def served(context: Context) -> torch.Tensor:
+        requests = [RecommendRequest(history=tracks[: len(h)], context=context) for h in histories]
+        return session_queries(model, vectors, request_histories(histories, requests))
+
+    torch.testing.assert_close(served(Context(hour=8, weekday=0)), training)
+    assert not torch.allclose(served(Context(hour=20, weekday=5)), training)  # the context matters

@@ -21,7 +21,7 @@ from musicray import catalog, checkpoints, snapshots, storage, workspace
 from musicray.checkpoints import TrainedModel
 from musicray.index import TrackIndex
 from musicray.scoring import session_queries
-from musicray.sessions import MAX_PREFIX
+from musicray.sessions import MAX_PREFIX, EncodedHistories, encode_histories, pad
 from musicray.serving.errors import ClientError, unknown_tracks
 from musicray.serving.follower import DEFAULT_POLL_SECONDS, Follower
 
@@ -163,16 +163,9 @@ def recommend_batch(items: list[tuple[RecommendState, str, RecommendRequest]]) -
 def _recommend_group(state: RecommendState, name: str, requests: list[RecommendRequest]) -> list[Recommendation]:
     served = state.models[name]
     histories = [[state.position[t] for t in r.history[-MAX_PREFIX:]] for r in requests]
-    lengths = torch.tensor([len(h) for h in histories], device=state.device)
-    items = torch.zeros(len(histories), int(lengths.max()), dtype=torch.long, device=state.device)
-    for row, history in enumerate(histories):
-        items[row, : len(history)] = torch.tensor(history, device=state.device)
-    # The request gives the context of the play to come; a history's own plays carry no times, so
-    # each step is taken to be in that same hour (a history is the listener's current session).
-    hours = torch.tensor([_context(r, "hour") for r in requests], device=state.device)[:, None].expand_as(items)
-    weekdays = torch.tensor([_context(r, "weekday") for r in requests], device=state.device)[:, None].expand_as(items)
-    history_vectors = served.vectors[items]
-    queries = session_queries(served.trained.model, history_vectors, lengths, hours, weekdays).float()
+    encoded = request_histories(histories, requests).to(state.device)
+    lengths, history_vectors = encoded.lengths, served.vectors[encoded.items]
+    queries = session_queries(served.trained.model, served.vectors, encoded).float()
     if served.metric == "cosine":
         queries = torch.nn.functional.normalize(queries, dim=-1)
     queries = queries.cpu().numpy()
@@ -191,6 +184,17 @@ def _recommend_group(state: RecommendState, name: str, requests: list[RecommendR
                                 label=state.labels[p], closest_in_history=state.track_ids[histories[row][c]])
                     for p, s, c in zip(positions, scores, closest)]))
     return answers
+
+
+def request_histories(histories: list[list[int]], requests: list[RecommendRequest]) -> EncodedHistories:
+    """Requests' histories (catalog positions) as the models read them, as training and evaluation do.
+
+    The request's context is that of the play asked for; a history's own plays carry no times,
+    so ``encode_histories`` takes them to be at that time (a history is the listener's current session).
+    """
+    items = torch.from_numpy(pad(histories, max(map(len, histories))))
+    return encode_histories(items, next_hour=torch.tensor([_context(r, "hour") for r in requests]),
+                            next_weekday=torch.tensor([_context(r, "weekday") for r in requests]))
 
 
 def _context(request: RecommendRequest, field_name: str) -> int:
