@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 
@@ -11,7 +12,6 @@ import requests
 
 from musicray import serving, snapshots
 from ray_jobs import refresh
-from ray_jobs.extract import run_extract
 from tests.conftest import audio_bytes
 from tests.test_generator import small_model
 from tests.workspace import publish_model, publish_models
@@ -20,14 +20,11 @@ TIMEOUT = 60  # seconds any one request may take: generous for a loaded 2-core m
 
 
 @pytest.fixture(scope="module")
-def workspace(ray_cluster, tmp_path_factory):
-    """24 demo tracks of 3 s, two recommenders that saw 16 of them played, a small generator, one snapshot."""
-    from musicray.demo import generate
-
-    folder = tmp_path_factory.mktemp("serve")
-    demo = generate(folder / "demo", tracks=24, users=30, seed=2, seconds=3.0)
-    root = str(folder / "ws")
-    run_extract(str(demo.manifest), root)
+def workspace(demo, extracted, tmp_path_factory):
+    """A copy of the demo workspace with two recommenders that saw 16 of its tracks played, a small
+    generator and one snapshot."""
+    root = str(tmp_path_factory.mktemp("serve") / "ws")
+    shutil.copytree(extracted, root)
     catalog = pd.read_parquet(demo.manifest)
     played = sorted(catalog["track_id"])[:16]
     publish_models(root, played)
@@ -58,20 +55,20 @@ def get(url, **kwargs):
 
 
 def test_recommend_ranks_the_catalog_cold_tracks_included(server, workspace):
-    history = workspace["played"][:3]
-    answer = post(f"{server}/recommend", json={"user_id": "u1", "history": history, "k": 21,
+    history, rest = workspace["played"][:3], len(workspace["catalog"]) - 3
+    answer = post(f"{server}/recommend", json={"user_id": "u1", "history": history, "k": rest,
                                                "context": {"hour": 22, "weekday": 6}})
     assert answer.status_code == 200, answer.text
     body = answer.json()
     tracks = body["tracks"]
     assert body["user_id"] == "u1" and body["model"] == "lstm" and body["run"] == "lstm-r1"
-    assert len(tracks) == 21 and not {t["track_id"] for t in tracks} & set(history)  # the rest of the catalog
+    assert len(tracks) == rest and not {t["track_id"] for t in tracks} & set(history)  # the rest of the catalog
     scores = [t["score"] for t in tracks]
     assert scores == sorted(scores, reverse=True)
     assert {t["track_id"] for t in tracks if t["cold"]} == set(workspace["cold"])  # unplayed tracks are ranked
     assert all(t["closest_in_history"] in history for t in tracks)
 
-    with_played = post(f"{server}/recommend", json={"history": history, "k": 24, "exclude_played": False}).json()
+    with_played = post(f"{server}/recommend", json={"history": history, "k": len(workspace["catalog"]), "exclude_played": False}).json()
     assert set(history) <= {t["track_id"] for t in with_played["tracks"]}
 
     label = workspace["catalog"]["label"].iloc[0]
