@@ -2,7 +2,7 @@
 
     python -m benchmarks.train [--root workspace --sessions demo/sessions_train.parquet] [--epochs 4]
 
-Run `make quickstart` first (it builds the demo workspace used by default). In one run:
+Run `musicray quickstart --full` first (it builds the demo workspace used by default). In one run:
   plain   the engine's epoch (``ray_jobs.training.train_epoch``) in this process, over the same
           session rows, task, batch size and objective held as tensors;
   ray x1  Ray Train, 1 worker, data streamed from Ray Data (``ray_jobs.train``);
@@ -20,6 +20,7 @@ import os
 import statistics
 import time
 
+import numpy as np
 import torch
 
 from ray_jobs import tasks
@@ -41,7 +42,7 @@ def plain_loop(root: str, sessions: str, settings: RecommenderSettings) -> tuple
     objective = task.objective(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     rows = prepared.dataset.to_pandas()
-    arrays = {k: torch.tensor(rows[k].tolist()) for k in ("items", "hours", "weekdays")}
+    arrays = {k: torch.from_numpy(np.stack(rows[k].to_numpy())) for k in ("items", "hours", "weekdays")}
     n = len(arrays["items"])
 
     def batches():

@@ -355,8 +355,15 @@ def main(argv=None) -> int:
         print(f"musicray quickstart: {error}", file=sys.stderr)
         return 2
     log_path = None if args.verbose else Path(args.log).resolve()
+    import ray
+
+    starts_ray = not ray.is_initialized()  # a notebook's or a test session's Ray is left running
     with console_and_log(log_path) as console:
-        return run_stages(args, console)
+        try:
+            return run_stages(args, console)
+        finally:
+            if starts_ray:  # inside the redirect, so the worker lines Ray still forwards go to the log
+                ray.shutdown()
 
 
 def run_stages(args, console: Console) -> int:

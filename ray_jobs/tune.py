@@ -4,12 +4,14 @@
                             --samples N [--epochs E] [--gpu [--gpu-share F]] [--workers W] [--name NAME]
                             [--seed S] [--set FIELD=VALUE ...]
 
-Each trial is a function that builds a ``TorchTrainer`` (Ray Train V2) for one sampled config and
-fits it; the Train run's ``TuneReportCallback`` passes every epoch's metrics to Tune. The search
-space sits next to each model's config (``SEARCH_SPACE`` in ``models/<model>.py``): model config
-fields and training settings (lr, batch size, weight decay). ASHA stops trials whose validation
-metric lags at each rung: val MRR@20 for the recommenders (the autoencoder's too: its train loop
-reports and selects on it), the validation loss (nats per frame) for the generator.
+The model's task is prepared once (``ray_jobs.tasks.prepare``: data, shared inputs, Ray Data
+rows); each trial is a function that takes that task with its sampled config (``task.with_config``),
+builds the engine's ``TorchTrainer`` (``ray_jobs.training.make_trainer``) and fits it; the Train
+run's ``TuneReportCallback`` passes every epoch's metrics to Tune. The search space sits next to
+each model's config (``SEARCH_SPACE`` in ``models/<model>.py``): model config fields and training
+settings (lr, batch size, weight decay). ASHA stops trials whose validation metric lags at each
+rung, the metric the task selects its checkpoints on: val MRR@20 for the recommenders, the
+validation loss (nats per frame) for the generator.
 
 Resources: a trial's function only drives its Train run, so it reserves memory and no CPU; the
 run's workers take one CPU each (and ``--gpu-share`` of a GPU with ``--gpu``), and
