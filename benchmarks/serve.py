@@ -6,7 +6,7 @@ Closed loop on loopback: N clients each send a request, wait for the answer, sen
 ``--seconds`` after a warm-up (or until ``--max-requests`` answers, whichever comes first). Three
 servers answer the same requests with the same code (``musicray.serving``) and the same model:
 
-    serve-batched   Ray Serve, one replica, @serve.batch (max 32, 5 ms wait): the deployed configuration
+    serve-batched   Ray Serve, one replica, @serve.batch (max 32, 5 ms wait), HAProxy ingress: as deployed
     serve-unbatched Ray Serve, one replica, one forward pass per request
     plain-fastapi   the same FastAPI app in one uvicorn process, no Ray (one forward pass per request)
 
@@ -160,10 +160,13 @@ def bench_serve(args, bodies, levels) -> list[LoadResult]:
     from musicray.serving import free_port
     from ray_jobs.serve import recommend_app
 
-    if args.serve_defaults:
-        os.environ.pop("RAY_SERVE_THROUGHPUT_OPTIMIZED", None)
-    else:  # Ray's documented switch (2.56+): direct ingress, no extra thread hops, buffered request logs
-        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    from ray_jobs.serve import INGRESS_ENV
+
+    for name, value in INGRESS_ENV.items():  # as `musicray serve --local` and the deployments run
+        if args.serve_defaults:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -190,7 +193,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-requests", type=int, default=20000, help="stop a level after this many answers")
     parser.add_argument("--model", default="lstm")
     parser.add_argument("--serve-defaults", action="store_true",
-                        help="run Serve without RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (Ray's default request path)")
+                        help="run Serve with Ray's default Python proxy and request path (no ray_jobs.serve.INGRESS_ENV)")
     parser.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -84,3 +84,16 @@ def test_crontab_submits_the_refresh_job():
     job = command[command.index("--") + 1: command.index(">>")]
     assert "submit" in command and job[:3] == ["python", "-m", "ray_jobs.refresh"]
     refresh.parse_args([a.replace("$CATALOG", "s3://b/a/").replace("$ROOT", "s3://b/w") for a in job[3:]])
+
+
+def test_every_place_serve_starts_uses_the_haproxy_ingress():
+    from ray_jobs.serve import INGRESS_ENV
+
+    settings = [f"{name}={value}" for name, value in INGRESS_ENV.items()]
+    dockerfile = [line.split()[1:] for line in (REPO / "deploy/Dockerfile").read_text().splitlines()
+                  if line.startswith("ENV ")]
+    assert any(set(settings) <= set(words) for words in dockerfile)  # KubeRay's head and workers
+    cluster = load("cluster.yaml")
+    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in cluster[key]
+              if "ray start" in c]
+    assert len(starts) == 2 and all(set(settings) <= set(shlex.split(c.split(";")[-1])) for c in starts)

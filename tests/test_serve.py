@@ -328,3 +328,33 @@ def test_serve_command_says_what_is_missing(tmp_path, capsys):
 
     assert main(["--local", "--root", str(tmp_path / "empty")]) == 2
     assert "no embedding snapshot in" in capsys.readouterr().err
+
+
+def test_serve_local_answers_through_haproxy(workspace):
+    """`musicray serve --local` in a process of its own, as a user runs it: a Ray of its own whose
+    Serve ingress is HAProxy, answering a recommendation, and stopping cleanly on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = serving.free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}  # the command's defaults
+    command = [sys.executable, "-m", "ray_jobs.serve", "--local", "--root", workspace["root"],
+               "--port", str(port), "--no-generate"]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in server.stdout:  # it prints its URLs, then "serving"
+            if line.startswith("serving"):
+                break
+        else:
+            pytest.fail(f"musicray serve --local exited with {server.wait()} before serving")
+        answer = post(f"http://127.0.0.1:{port}/recommend", json={"history": workspace["played"][:2], "k": 3})
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["tracks"]) == 3
+        programs = [line.split()[0] for line in subprocess.run(["ps", "-eo", "args"], capture_output=True,
+                                                                text=True, check=True).stdout.splitlines()[1:]]
+        assert any(program.endswith("/haproxy") for program in programs)  # Ray's bundled binary is the ingress
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=120) == 0
