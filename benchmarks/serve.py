@@ -10,9 +10,13 @@ servers answer the same requests with the same code (``musicray.serving``) and t
     serve-unbatched Ray Serve, one replica, one forward pass per request
     plain-fastapi   the same FastAPI app in one uvicorn process, no Ray (one forward pass per request)
 
+Beside them, at 32 clients, the floor of each server (``serve-trivial``, ``plain-trivial``: a
+FastAPI app answering a constant, no model), and POST /generate through Serve at 1 and 4 clients
+(``--generate-seconds`` clips of random catalog tracks; ``--no-generate`` skips it).
+
 Requests: random histories of 1-20 catalog tracks of the workspace's latest snapshot, a random
-context, k = 10, the LSTM model. Target: zero errors, and serve-batched at least matches
-plain-fastapi's throughput at concurrency 32.
+context, k = 10, the LSTM model. Targets: zero errors, and at concurrency 32 serve-batched at least
+matches plain-fastapi's throughput with at most twice its p99.
 """
 
 from __future__ import annotations
@@ -102,14 +106,53 @@ async def closed_loop(url: str, bodies: list[bytes], concurrency: int, seconds: 
     return len(latencies), errors, max(elapsed, 1e-9), np.array(latencies)
 
 
-def run_load(variant: str, base: str, bodies: list[bytes], levels: list[int], args) -> list[LoadResult]:
+def run_load(variant: str, base: str, bodies: list[bytes], levels: list[int], args,
+             path: str = "/recommend") -> list[LoadResult]:
     results = []
     for concurrency in levels:
         answers, errors, seconds, latencies = asyncio.run(closed_loop(
-            f"{base}/recommend", bodies, concurrency, args.seconds, args.warmup, args.max_requests))
+            f"{base}{path}", bodies, concurrency, args.seconds, args.warmup, args.max_requests))
         results.append(LoadResult(variant, concurrency, answers, errors, seconds, latencies))
         print(results[-1].row(), flush=True)
     return results
+
+
+def generation_bodies(root: str, count: int, seconds: float, seed: int = 0) -> list[bytes]:
+    from musicray.snapshots import latest_snapshot
+
+    track_ids = latest_snapshot(root).vectors(["track_id"]).column("track_id").to_pylist()
+    rng = random.Random(seed)
+    return [json.dumps({"seed_track_id": rng.choice(track_ids), "seconds": seconds, "seed": i,
+                        "format": "wav"}).encode() for i in range(count)]
+
+
+def trivial_api():
+    """The floor: a FastAPI app that answers POST /recommend with a constant, no model."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.post("/recommend")
+    async def recommend() -> dict:
+        return {"tracks": []}
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    return app
+
+
+def trivial_deployment():
+    """The trivial app as a Serve deployment: one replica, one CPU, as the recommend app runs."""
+    from ray import serve
+
+    @serve.deployment(ray_actor_options={"num_cpus": 1})
+    @serve.ingress(trivial_api())
+    class Trivial:
+        pass
+
+    return Trivial
 
 
 def wait_healthy(base: str, timeout: float = 180.0) -> None:
@@ -126,28 +169,28 @@ def wait_healthy(base: str, timeout: float = 180.0) -> None:
     raise TimeoutError(f"{base} did not become healthy within {timeout:.0f} s")
 
 
-def serve_plain(root: str, port: int) -> None:
-    """The plain baseline: the recommend app in this one process, uvicorn, no Ray."""
+def serve_plain(root: str, port: int, trivial: bool) -> None:
+    """The plain baseline: the recommend app (or the trivial one) in this one process, uvicorn, no Ray."""
     import torch
     import uvicorn
 
     from musicray.serving import RecommendService, recommend_api
 
     torch.set_num_threads(1)  # as a Serve replica on CPU
-    uvicorn.run(recommend_api(RecommendService(root)), host="127.0.0.1", port=port, log_level="warning",
-                access_log=False)
+    app = trivial_api() if trivial else recommend_api(RecommendService(root))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def bench_plain(args, bodies, levels) -> list[LoadResult]:
+def bench_plain(args, bodies, levels, trivial: bool = False) -> list[LoadResult]:
     from musicray.serving import free_port
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "benchmarks.serve", "--plain-server", "--root", args.root,
-                               "--port", str(port)])
+                               "--port", str(port), *(["--trivial"] if trivial else [])])
     try:
         base = f"http://127.0.0.1:{port}"
         wait_healthy(base)
-        return run_load("plain-fastapi", base, bodies, levels, args)
+        return run_load("plain-trivial" if trivial else "plain-fastapi", base, bodies, levels, args)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -158,9 +201,7 @@ def bench_serve(args, bodies, levels) -> list[LoadResult]:
     from ray import serve
 
     from musicray.serving import free_port
-    from ray_jobs.serve import recommend_app
-
-    from ray_jobs.serve import INGRESS_ENV
+    from ray_jobs.serve import INGRESS_ENV, generate_app, recommend_app
 
     for name, value in INGRESS_ENV.items():  # as `musicray serve --local` and the deployments run
         if args.serve_defaults:
@@ -178,6 +219,18 @@ def bench_serve(args, bodies, levels) -> list[LoadResult]:
             wait_healthy(base)
             results += run_load("serve-batched" if batching else "serve-unbatched", base, bodies, levels, args)
             serve.delete("recommend")
+        serve.run(trivial_deployment().bind(), name="trivial", route_prefix="/", blocking=False)
+        wait_healthy(base)
+        results += run_load("serve-trivial", base, bodies, [TARGET_CONCURRENCY], args)
+        serve.delete("trivial")
+        if not args.no_generate:
+            serve.run(generate_app({"root": args.root, "replicas": 1, "num_cpus": 1}), name="generate",
+                      route_prefix="/generate", blocking=False)
+            wait_healthy(f"{base}/generate")
+            clips = generation_bodies(args.root, 200, args.generate_seconds)
+            results += run_load(f"serve-generate-{args.generate_seconds:g}s", base, clips, [1, 4], args,
+                                path="/generate")
+            serve.delete("generate")
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -194,7 +247,10 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="lstm")
     parser.add_argument("--serve-defaults", action="store_true",
                         help="run Serve with Ray's default Python proxy and request path (no ray_jobs.serve.INGRESS_ENV)")
+    parser.add_argument("--no-generate", action="store_true", help="skip the generation rows")
+    parser.add_argument("--generate-seconds", type=float, default=2.0, help="length of each generated clip")
     parser.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--trivial", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -202,7 +258,7 @@ def main(argv=None) -> int:
 
     args.root = storage.normalize(args.root)
     if args.plain_server:
-        serve_plain(args.root, args.port)
+        serve_plain(args.root, args.port, args.trivial)
         return 0
     from musicray.serving import snapshot_pointer
 
@@ -213,7 +269,8 @@ def main(argv=None) -> int:
     levels = sorted(set(args.concurrency))
     print(f"POST /recommend, model {args.model}, k=10, {args.seconds:g} s per level after {args.warmup:g} s warm-up\n")
     print("| server | clients | answers | rps | p50 ms | p95 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|---|")
-    results = bench_serve(args, bodies, levels) + bench_plain(args, bodies, levels)
+    results = (bench_serve(args, bodies, levels) + bench_plain(args, bodies, levels)
+               + bench_plain(args, bodies, [TARGET_CONCURRENCY], trivial=True))
 
     by = {(r.variant, r.concurrency): r for r in results}
     errors = sum(r.errors for r in results)
@@ -221,10 +278,14 @@ def main(argv=None) -> int:
     if TARGET_CONCURRENCY in levels:
         batched, plain = by[("serve-batched", TARGET_CONCURRENCY)], by[("plain-fastapi", TARGET_CONCURRENCY)]
         unbatched = by[("serve-unbatched", TARGET_CONCURRENCY)]
-        ratio = batched.rps / plain.rps
+        ratio, tail = batched.rps / plain.rps, batched.percentile(99) / plain.percentile(99)
         print(f"at {TARGET_CONCURRENCY} clients: serve-batched / plain-fastapi = {ratio:.2f} (target >= 1.0: "
-              f"{'met' if ratio >= 1.0 else 'missed'}); serve-batched / serve-unbatched = "
+              f"{'met' if ratio >= 1.0 else 'missed'}); p99 ratio {tail:.2f} (target <= 2: "
+              f"{'met' if tail <= 2 else 'missed'}); serve-batched / serve-unbatched = "
               f"{batched.rps / unbatched.rps:.2f}")
+        floor_serve, floor_plain = by[("serve-trivial", TARGET_CONCURRENCY)], by[("plain-trivial", TARGET_CONCURRENCY)]
+        print(f"the floor, a trivial app without a model: Serve {floor_serve.rps:.0f} rps, plain uvicorn "
+              f"{floor_plain.rps:.0f} rps (Serve / plain {floor_serve.rps / floor_plain.rps:.2f})")
     return 0 if errors == 0 else 1
 
 
