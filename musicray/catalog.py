@@ -121,22 +121,27 @@ def read_catalog(root: str) -> pa.Table:
     return pq.read_table(io.BytesIO(storage.read_bytes(path)))
 
 
-def track_metadata(root: str) -> dict[str, dict]:
+def track_metadata(source: str | pa.Table) -> dict[str, dict]:
     """track_id -> its metadata columns (all but track_id and uri); a missing value is None, NaN too
-    (NaN is not JSON)."""
-    table = read_catalog(root)
+    (NaN is not JSON). ``source``: a workspace root, or the table ``read_catalog`` returned."""
+    table = _catalog_table(source)
     columns = [c for c in table.column_names if c not in ("track_id", "uri")]
     rows = table.select(["track_id", *columns]).to_pylist()
     return {row.pop("track_id"): {k: None if _missing(v) else v for k, v in row.items()} for row in rows}
 
 
-def track_labels(root: str) -> dict[str, str]:
-    """track_id -> label (as a string) of every track that has one (see the module docstring)."""
-    table = read_catalog(root)
+def track_labels(source: str | pa.Table) -> dict[str, str]:
+    """track_id -> label (as a string) of every track that has one (see the module docstring).
+    ``source``: a workspace root, or the table ``read_catalog`` returned."""
+    table = _catalog_table(source)
     if "label" not in table.column_names:
         return {}
     ids, labels = table.column("track_id").to_pylist(), table.column("label").to_pylist()
     return {t: str(label) for t, label in zip(ids, labels) if not _missing(label) and str(label).strip()}
+
+
+def _catalog_table(source: str | pa.Table) -> pa.Table:
+    return read_catalog(source) if isinstance(source, str) else source
 
 
 def _missing(value) -> bool:

@@ -119,8 +119,9 @@ def load_recommend_state(root: str, snapshot_id: str | None, device: str = "cpu"
         vocabulary = set(trained.vocabulary)
         models[name] = ServedModel(trained, snapshot.index(name), torch.from_numpy(vectors.copy()).to(device),
                                    np.array([t in vocabulary for t in track_ids]), info.get("metric", "ip"))
-    metadata = {t: columns for t, columns in catalog.track_metadata(root).items() if t in position}
-    labels_by_track = catalog.track_labels(root)
+    catalog_table = catalog.read_catalog(root)  # one read for the metadata and the labels
+    metadata = {t: columns for t, columns in catalog.track_metadata(catalog_table).items() if t in position}
+    labels_by_track = catalog.track_labels(catalog_table)
     labels = np.array([labels_by_track.get(t) for t in track_ids], dtype=object)
     return RecommendState(root, snapshot, models, track_ids, position, metadata, labels,
                           frozenset(label for label in labels if label is not None), torch.device(device))
@@ -129,9 +130,7 @@ def load_recommend_state(root: str, snapshot_id: str | None, device: str = "cpu"
 def check_recommend_request(state: RecommendState, request: RecommendRequest, default_model: str) -> str:
     """The model the request is for; a 4xx ClientError for anything the state cannot answer."""
     name = request.model or (default_model if default_model in state.models else next(iter(state.models)))
-    if name not in state.models:
-        raise ClientError(422, "unknown_model", f"unknown model {name!r}; this snapshot serves "
-                                               f"{', '.join(state.models)}", models=list(state.models))
+    _check_model(state, name)
     unknown = sorted({t for t in request.history if t not in state.position})
     if unknown:
         raise unknown_tracks(unknown, f"snapshot {state.snapshot.id}")
@@ -140,6 +139,12 @@ def check_recommend_request(state: RecommendState, request: RecommendRequest, de
         raise ClientError(422, "unknown_label", f"unknown label {request.label!r}; the catalog's labels: "
                                                 f"{', '.join(known) or 'none (no label column)'}", labels=known)
     return name
+
+
+def _check_model(state: RecommendState, name: str) -> None:
+    if name not in state.models:
+        raise ClientError(422, "unknown_model", f"unknown model {name!r}; this snapshot serves "
+                                                f"{', '.join(state.models)}", models=list(state.models))
 
 
 @torch.no_grad()
@@ -227,9 +232,7 @@ def _top_tracks(state: RecommendState, served: ServedModel, query: np.ndarray, k
 
 
 def similar_tracks(state: RecommendState, track_id: str, k: int, model: str) -> Neighbours:
-    if model not in state.models:
-        raise ClientError(422, "unknown_model", f"unknown model {model!r}; this snapshot serves "
-                                                f"{', '.join(state.models)}", models=list(state.models))
+    _check_model(state, model)
     if track_id not in state.position:
         raise unknown_tracks([track_id], f"snapshot {state.snapshot.id}")
     served = state.models[model]

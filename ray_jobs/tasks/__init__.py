@@ -12,14 +12,18 @@ from ray_jobs.tasks import generator, recommender
 from ray_jobs.training import Prepared, Settings
 
 
-def settings_class(model: str) -> type[Settings]:
+def _task_module(model: str):
     model_class(model)  # an unknown name fails here, before any work
-    return generator.GeneratorSettings if model in GENERATORS else recommender.RecommenderSettings
+    return generator if model in GENERATORS else recommender
+
+
+def settings_class(model: str) -> type[Settings]:
+    return _task_module(model).SETTINGS
 
 
 def metric(model: str) -> tuple[str, str]:
     """The validation metric a model's runs select their best checkpoint on, and its direction."""
-    task = generator.GeneratorTask if model in GENERATORS else recommender.RecommenderTask
+    task = _task_module(model).TASK
     return task.metric, task.mode
 
 
@@ -35,4 +39,4 @@ def prepare(model: str, root: str, *, sessions: str | None = None, settings: Set
 
 def summary(result) -> list[str]:
     """What ``musicray train`` prints for a finished run of any model."""
-    return (generator if result.model in GENERATORS else recommender).summary(result)
+    return _task_module(result.model).summary(result)

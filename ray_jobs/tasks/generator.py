@@ -104,6 +104,9 @@ class GeneratorTask:
         return {"validation_fraction": self.settings.validation_fraction}
 
 
+TASK, SETTINGS = GeneratorTask, GeneratorSettings  # what ray_jobs.tasks looks up by model name
+
+
 # ---------------------------------------------------------------------------------------------
 # Ray Data: features rows -> token rows
 

@@ -87,6 +87,9 @@ class RecommenderTask:
         return {"sessions": self.sessions}
 
 
+TASK, SETTINGS = RecommenderTask, RecommenderSettings  # what ray_jobs.tasks looks up by model name
+
+
 def prepare(model: str, root: str, sessions: str | None, settings: RecommenderSettings,
             model_config: dict | None) -> Prepared:
     """Features + listening log -> the task every worker runs and the training sessions as rows."""
