@@ -9,7 +9,6 @@ frame tokens, then vocoded to a waveform (``musicray.vocoder``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -23,36 +22,14 @@ from models.lstm_generator import LSTMGenerator
 from musicray import storage, workspace
 from musicray.audio import AudioError, decode
 from musicray.features import FeatureConfig, FeatureExtractor
+from musicray.splits import VALIDATION_FRACTION, split_tracks
 from musicray.vocoder import Vocoder
 
 MODEL_NAME = "generator"
-VALIDATION_FRACTION = 0.1
 PEAK = 0.99  # loudest sample after generation; Griffin-Lim can overshoot 1.0, which would clip
 
 # ---------------------------------------------------------------------------------------------
 # Which tracks train and which are held out
-
-
-def held_out_score(track_id: str) -> float:
-    """A stable number in [0, 1) per track id: the same on every machine, run and catalog."""
-    return int.from_bytes(hashlib.sha1(track_id.encode("utf-8")).digest()[:8], "big") / 2**64
-
-
-def split_tracks(track_ids: list[str], fraction: float = VALIDATION_FRACTION) -> tuple[list[str], list[str]]:
-    """(training, held-out) track ids: held out when ``held_out_score < fraction``.
-
-    A track's side never depends on the others, so adding tracks to the catalog does not move
-    old ones. Only when the hash holds out none of two or more tracks (tiny catalogs) is the one
-    with the lowest score held out, so validation always has a track.
-    """
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
-    ids = sorted(set(track_ids))
-    held = [t for t in ids if held_out_score(t) < fraction]
-    if not held and len(ids) >= 2:
-        held = [min(ids, key=held_out_score)]
-    chosen = set(held)
-    return [t for t in ids if t not in chosen], held
 
 
 def held_out_tracks(track_ids: list[str], fraction: float = VALIDATION_FRACTION) -> list[str]:

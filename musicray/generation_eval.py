@@ -1,6 +1,6 @@
 """How good the generator's continuations are: Fréchet distances against baselines and references.
 
-For each held-out track (the same hash split training used, ``musicray.generation.split_tracks``)
+For each held-out track (the same hash split training used, ``musicray.splits.split_tracks``)
 the first ``seed_seconds`` of its log-mel are the seed and the next ``continuation_seconds`` the real
 continuation. Each candidate continuation is rendered to audio exactly like the model's output
 (log-mel -> ``Vocoder`` -> waveform) and analysed again by the feature extractor, so that all of

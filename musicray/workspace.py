@@ -2,6 +2,7 @@
 
     <root>/catalog.parquet                  the catalog's metadata as last extracted
     <root>/features/  <root>/errors/        one live row per track; the latest run's failures
+    <root>/audio_embeddings/<run>/          each feature row's embedding by an audio encoder run
     <root>/models/<model>/<run>/            Ray Train checkpoints; <run>/model/ the published one
     <root>/models/<model>/LATEST            the run to serve
     <root>/models/<model>/best_config.json  the best config a search found
@@ -29,6 +30,13 @@ def features_dir(root: str) -> str:
 
 def errors_dir(root: str) -> str:
     return storage.join(root, "errors")
+
+
+def audio_embeddings_dir(root: str, run_id: str | None = None) -> str:
+    """The audio encoder's embedding of every feature row, one folder per encoder run: a
+    recommender keeps reading the run it was trained with after the encoder is retrained."""
+    base = storage.join(root, "audio_embeddings")
+    return storage.join(base, run_id) if run_id else base
 
 
 def models_dir(root: str, model: str) -> str:

@@ -16,7 +16,8 @@ from models import GENERATORS, RECOMMENDERS, build
 from models.lstm_generator import LSTMGenerator, fit_codebook, kmeans
 from musicray import cli, storage, workspace
 from musicray.features import FeatureConfig, FeatureExtractor
-from musicray.generation import held_out_tracks, load_generator, split_tracks
+from musicray.generation import held_out_tracks, load_generator
+from musicray.splits import split_tracks
 from musicray.generation_eval import evaluate_generation, evaluate_workspace, frechet_distance, generation_report
 from musicray.schemas import features_schema
 from musicray.vocoder import Vocoder

@@ -1,6 +1,6 @@
 """Training the LSTM music generator on crops of the catalog's log-mel features.
 
-On the driver: the tracks are split by a stable hash of their id (``musicray.generation.split_tracks``,
+On the driver: the tracks are split by a stable hash of their id (``musicray.splits.split_tracks``,
 10% held out, the same split evaluation uses), and the frame codebook is fitted by k-means on a
 sample of training frames (deterministic for the seed). Ray Data then reads the features table,
 turns the training tracks' log-mels into codebook tokens (``tokenize_batch``, in parallel) and keeps
@@ -30,7 +30,8 @@ from models.lstm_generator import PAD, LSTMGenerator, NextTokenObjective, fit_co
 from musicray import storage, workspace
 from musicray.checkpoints import newest_checkpoint, read_model_files
 from musicray.catalog import track_labels
-from musicray.generation import MODEL_NAME, held_out_score, split_tracks, track_logmels, workspace_layout
+from musicray.generation import MODEL_NAME, track_logmels, workspace_layout
+from musicray.splits import held_out_score, split_tracks
 from musicray.schemas import parquet_files, read_features
 from ray_jobs.common import init_ray
 from ray_jobs.training import Prepared, Settings, checkpoint_files
