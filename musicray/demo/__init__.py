@@ -17,7 +17,8 @@ number only). Each track draws from its own ``np.random.default_rng([seed, 0, tr
 tracks are reproducible on their own and the number of worker processes changes nothing.
 
 Modules, one idea each (names with a leading underscore are internal to this package; callers use
-the three names exported here):
+the names exported here: the demo's three, and the listening model that any catalog of styled,
+artist-attributed tracks can draw its sessions from, as ``benchmarks/catalogs/real_music.py`` does):
 
 =============  ===================================================================================
 plan           which track is what: styles, modes, progressions, artists, titles, formats; the
@@ -27,12 +28,14 @@ instruments    voices and the sampler that plays them, drum one-shots, vinyl noi
 song           the musical frame (beats, scales, chords, swing, rubato) and the stereo mix bus
 styles         the eight style renderers, and how each one sounds
 render         one planned track to one audio file
-listeners      listeners and their sessions: the rules the listening log follows
+listeners      listeners and their sessions: the rules the listening log follows, over any tracks
 build          ``generate``: the folder written end to end
 =============  ===================================================================================
 """
 
 from musicray.demo.build import DemoCatalog, generate
+from musicray.demo.listeners import DEMO_LISTENING, ListenedTrack, ListeningStyles, listening_sessions
 from musicray.demo.plan import STYLES
 
-__all__ = ["STYLES", "DemoCatalog", "generate"]
+__all__ = ["DEMO_LISTENING", "STYLES", "DemoCatalog", "ListenedTrack", "ListeningStyles", "generate",
+           "listening_sessions"]

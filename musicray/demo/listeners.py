@@ -1,20 +1,28 @@
 """Listeners and their sessions: who plays what, and when (the ground truth later evaluation relies on).
 
+The model runs over any list of tracks, each described by a ``ListenedTrack``: its style, its
+artist and a number that orders a style's tracks for "neighbour" moves (the demo: tempo in bpm).
+What differs between catalogs is a ``ListeningStyles``: the styles (their order fixes the random
+draws), each style's peak hour, and the share of cold tracks. ``listening_sessions`` draws the log;
+the demo calls it with ``DEMO_LISTENING`` (``_listening_sessions``), and
+``benchmarks/catalogs/real_music.py`` with its own styles and a 10% cold share.
+
 Time runs over 56 days (8 weeks) from 2026-01-05 00:00 UTC. The *cutoff* is 45 days in
 (2026-02-19 00:00 UTC, about 80% of the time): a session belongs to ``sessions_test`` when it
 starts at or after the cutoff and to ``sessions_train`` otherwise, so every test session starts
 after every train session.
 
-* **Users.** Each user has a *taste*: 1, 2 or 3 favourite styles (probability 0.3 / 0.45 / 0.25)
-  with Dirichlet(2) weights, mixed with a 5% uniform background over all styles. Each user
-  listens around an *anchor hour*: the taste-weighted circular mean of the favourite styles'
-  peak hours plus N(0, 2 h) noise. An *activity* a ~ Gamma(2, 0.5) (mean 1) scales how often.
+* **Users.** Each user has a *taste*: 1, 2 or 3 favourite styles (probability 0.3 / 0.45 / 0.25,
+  fewer only when there are fewer styles) with Dirichlet(2) weights, mixed with a 5% uniform
+  background over all styles. Each user listens around an *anchor hour*: the taste-weighted
+  circular mean of the favourite styles' peak hours plus N(0, 2 h) noise. An *activity*
+  a ~ Gamma(2, 0.5) (mean 1) scales how often.
 * **Sessions.** Every user has 1 + Poisson(2.6 a) train sessions and 1 + Poisson(0.25 a) test
   sessions (so every test user also has history), on distinct days of their period. A session
   starts at the anchor hour + N(0, 2.5 h) (a session that would overlap its predecessor is moved
   to 2 h after it ends) and holds 2 + Geometric(0.4) plays, capped at 20 (3-20, mean ~4.5);
   plays are 60-180 s apart. That is ~22 plays per user, about a quarter of them in test.
-* **Time of day.** Each style has a peak hour (ambient 4h, classical 8h,
+* **Time of day.** Each style has a peak hour (the demo: ambient 4h, classical 8h,
   folk 12h, chiptune 16h, rock 19h, jazz 21h, techno 23h, lofi 1h) and an affinity
   ``0.05 + exp(2 (cos(2 pi (h - peak) / 24) - 1))`` at hour h (1.05 at the peak, 0.19 six hours
   away, 0.07 at the opposite hour). Whenever a style is drawn for a user at hour h, it is drawn
@@ -28,13 +36,13 @@ after every train session.
   - with probability 0.03, any available track, uniformly (noise);
   - else with probability 0.8 the style stays. Then, with probability 0.3, another track by the
     same artist (by popularity); with probability 0.3, the track next to the current one
-    (up or down, equally likely) in the style's tempo order; otherwise a track of the style by
-    popularity;
+    (up or down, equally likely) in the style's neighbour order (the demo: tempo); otherwise a
+    track of the style by popularity;
   - else the style switches: a new style (not the current one) by taste x time of day, then a
     track of it by popularity.
 
-  A track never follows itself. Artists belong to one style and have 2-7 tracks.
-* **Cold tracks** ("new releases"). 9% of the tracks (fewer only when the test
+  A track never follows itself. In the demo, artists belong to one style and have 2-7 tracks.
+* **Cold tracks** ("new releases"). A share of the tracks (the demo: 9%; fewer only when the test
   period holds fewer plays than that), picked round-robin across the styles, are never played in
   train sessions: before the cutoff they are unavailable. In test sessions they are available
   with the popularity of their style's 5th-ranked hit. A cold track that the sessions never
@@ -46,6 +54,7 @@ after every train session.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -58,12 +67,6 @@ from musicray.demo.plan import _SESSIONS_STREAM, STYLES, _TrackSpec
 _START = datetime(2026, 1, 5, tzinfo=timezone.utc)
 _DAYS = 56
 _TRAIN_DAYS = 45
-_COLD_SHARE = 0.09
-
-
-_PEAK_HOUR = {"ambient": 4, "classical": 8, "folk": 12, "chiptune": 16, "rock": 19, "jazz": 21, "techno": 23,
-              "lofi": 1}
-assert set(_PEAK_HOUR) == set(STYLES)
 
 _P_RANDOM = 0.03
 _P_STAY_IN_STYLE = 0.8
@@ -80,26 +83,60 @@ _SESSIONS_SCHEMA = pa.schema([
 ])
 
 
-def _hour_affinity(hour: float) -> np.ndarray:
-    """How likely each style (in ``STYLES`` order) is at ``hour`` of the day: 1.05 at its peak, 0.07 opposite."""
-    peaks = np.array([_PEAK_HOUR[style] for style in STYLES])
+@dataclass(frozen=True)
+class ListenedTrack:
+    """What the listening model knows of a track."""
+
+    track_id: str
+    style: str
+    artist: str
+    order: float  # sorts the style's tracks for "neighbour" moves (the demo: tempo in bpm)
+
+
+@dataclass(frozen=True)
+class ListeningStyles:
+    """What differs between catalogs: the styles (in the order the draws use), their peak hours, the cold share."""
+
+    styles: tuple[str, ...]
+    peak_hours: Mapping[str, float]
+    cold_share: float = 0.09
+
+    def __post_init__(self):
+        if not self.styles or len(set(self.styles)) != len(self.styles):
+            raise ValueError(f"styles must be distinct and at least one, got {self.styles!r}")
+        missing = [style for style in self.styles if style not in self.peak_hours]
+        if missing:
+            raise ValueError(f"styles without a peak hour: {', '.join(missing)}")
+        if not 0 <= self.cold_share < 1:
+            raise ValueError(f"cold_share must be in [0, 1), got {self.cold_share!r}")
+
+
+DEMO_LISTENING = ListeningStyles(
+    STYLES, {"ambient": 4, "classical": 8, "folk": 12, "chiptune": 16, "rock": 19, "jazz": 21, "techno": 23,
+             "lofi": 1}, cold_share=0.09)
+assert set(DEMO_LISTENING.peak_hours) == set(STYLES)
+
+
+def _hour_affinity(hour: float, peaks: np.ndarray) -> np.ndarray:
+    """How likely each style (peak hours ``peaks``) is at ``hour`` of the day: 1.05 at its peak, 0.07 opposite."""
     return 0.05 + np.exp(2.0 * (np.cos(2 * np.pi * (hour - peaks) / 24) - 1))
 
 
 @dataclass(frozen=True)
 class _Listener:
-    taste: np.ndarray  # probability over STYLES
+    taste: np.ndarray  # probability over the styles
     anchor_hour: float
     activity: float
 
 
-def _draw_listener(rng: np.random.Generator) -> _Listener:
-    count = int(rng.choice([1, 2, 3], p=[0.3, 0.45, 0.25]))
-    favourites = rng.choice(len(STYLES), count, replace=False)
+def _draw_listener(rng: np.random.Generator, peaks: np.ndarray) -> _Listener:
+    n_styles = len(peaks)
+    count = min(int(rng.choice([1, 2, 3], p=[0.3, 0.45, 0.25])), n_styles)
+    favourites = rng.choice(n_styles, count, replace=False)
     weights = rng.dirichlet(np.full(count, 2.0))
-    taste = np.full(len(STYLES), 0.05 / len(STYLES))
+    taste = np.full(n_styles, 0.05 / n_styles)
     taste[favourites] += 0.95 * weights
-    angles = 2 * np.pi * np.array([_PEAK_HOUR[STYLES[k]] for k in favourites]) / 24
+    angles = 2 * np.pi * peaks[favourites] / 24
     mean_angle = math.atan2(weights @ np.sin(angles), weights @ np.cos(angles))
     anchor = (24 * mean_angle / (2 * np.pi) + rng.normal(0, 2.0)) % 24
     return _Listener(taste, anchor, float(rng.gamma(2.0, 0.5)))
@@ -135,10 +172,10 @@ def _schedule(user: int, listener: _Listener, rng: np.random.Generator) -> list[
     return sessions
 
 
-def _pick_cold(specs: list[_TrackSpec], count: int, rng: np.random.Generator) -> np.ndarray:
+def _pick_cold(style: np.ndarray, n_styles: int, count: int, rng: np.random.Generator) -> np.ndarray:
     """``count`` track indices, dealt round-robin over the styles (in random order) so every style has some."""
-    by_style = [rng.permutation([s.index for s in specs if s.style == style]).tolist() for style in STYLES]
-    dealt = [by_style[k][i] for i in range(max(map(len, by_style))) for k in rng.permutation(len(STYLES))
+    by_style = [rng.permutation([int(i) for i in np.flatnonzero(style == k)]).tolist() for k in range(n_styles)]
+    dealt = [by_style[k][i] for i in range(max(map(len, by_style))) for k in rng.permutation(n_styles)
              if i < len(by_style[k])]
     return np.array(sorted(dealt[:count]), dtype=int)
 
@@ -146,23 +183,25 @@ def _pick_cold(specs: list[_TrackSpec], count: int, rng: np.random.Generator) ->
 class _ListeningModel:
     """Draws tracks by the session rules; ``test`` picks the period (cold tracks are only available in test)."""
 
-    def __init__(self, specs: list[_TrackSpec], cold: np.ndarray, rng: np.random.Generator):
+    def __init__(self, style: np.ndarray, artist: np.ndarray, order: np.ndarray, peaks: np.ndarray,
+                 cold: np.ndarray, rng: np.random.Generator):
         self.rng = rng
-        self.style = np.array([STYLES.index(s.style) for s in specs])
-        self.artist = np.unique([s.artist for s in specs], return_inverse=True)[1]
-        is_cold = np.isin(np.arange(len(specs)), cold)
-        self.weight = {False: np.zeros(len(specs)), True: np.zeros(len(specs))}  # popularity per period
-        for k in range(len(STYLES)):
+        self.style = style  # style index per track
+        self.artist = artist  # artist index per track
+        self.peaks = peaks
+        n_tracks, n_styles = len(style), len(peaks)
+        is_cold = np.isin(np.arange(n_tracks), cold)
+        self.weight = {False: np.zeros(n_tracks), True: np.zeros(n_tracks)}  # popularity per period
+        for k in range(n_styles):
             catalogued = np.flatnonzero((self.style == k) & ~is_cold)
             zipf = (rng.permutation(len(catalogued)) + 1.0) ** -_ZIPF_EXPONENT
             self.weight[False][catalogued] = self.weight[True][catalogued] = zipf
             self.weight[True][(self.style == k) & is_cold] = min(_RELEASE_RANK, len(catalogued)) ** -_ZIPF_EXPONENT
-        tempo = np.array([s.tempo_bpm for s in specs])
-        # Per period and style, the available tracks from slowest to fastest.
-        self.tempo_order = {test: [np.flatnonzero((self.style == k) & (weight > 0))[
-                                       np.argsort(tempo[(self.style == k) & (weight > 0)], kind="stable")]
-                                   for k in range(len(STYLES))]
-                            for test, weight in self.weight.items()}
+        # Per period and style, the available tracks in neighbour order (the demo: slowest to fastest).
+        self.neighbour_order = {test: [np.flatnonzero((self.style == k) & (weight > 0))[
+                                           np.argsort(order[(self.style == k) & (weight > 0)], kind="stable")]
+                                       for k in range(n_styles)]
+                                for test, weight in self.weight.items()}
 
     def first(self, listener: _Listener, hour: float, test: bool) -> int:
         return self._by_popularity(self._style_for(listener, hour), test)
@@ -181,22 +220,22 @@ class _ListeningModel:
             if track is not None:
                 return track
         elif move < _P_SAME_ARTIST + _P_TEMPO_NEIGHBOUR:
-            order = self.tempo_order[test][style]
+            order = self.neighbour_order[test][style]
             position = int(np.flatnonzero(order == current)[0])
             step = 1 if rng.random() < 0.5 else -1
-            if not 0 <= position + step < len(order):  # at the slow or fast end: the only neighbour
+            if not 0 <= position + step < len(order):  # at either end of the order: the only neighbour
                 step = -step
             if 0 <= position + step < len(order):
                 return int(order[position + step])
         return self._by_popularity(style, test, current)
 
-    def _style_for(self, listener: _Listener, hour: float, exclude: int | None = None) -> int:
-        weights = listener.taste * _hour_affinity(hour)
+    def _style_for(self, listener: _Listener, hour: float, exclude: int | None = None) -> int | None:
+        weights = listener.taste * _hour_affinity(hour, self.peaks)
         if exclude is not None:
             weights[exclude] = 0.0
-        return self._draw(np.arange(len(STYLES)), weights)
+        return self._draw(np.arange(len(self.peaks)), weights)
 
-    def _by_popularity(self, style: int, test: bool, current: int | None = None) -> int:
+    def _by_popularity(self, style: int | None, test: bool, current: int | None = None) -> int:
         members = np.flatnonzero(self.style == style)
         track = self._draw(members, self.weight[test][members], current)
         if track is None:  # the style's only available track is playing: any track, by popularity
@@ -213,14 +252,39 @@ class _ListeningModel:
         return int(candidates[np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right")])
 
 
-def _listening_sessions(specs: list[_TrackSpec], users: int, seed: int) -> tuple[pa.Table, pa.Table, tuple[str, ...]]:
+def listening_sessions(tracks: Sequence[ListenedTrack], users: int, seed: int,
+                       styles: ListeningStyles) -> tuple[pa.Table, pa.Table, tuple[str, ...]]:
+    """(sessions_train, sessions_test, cold track ids) for ``users`` listeners of ``tracks`` (module doc).
+
+    A pure function of its arguments, the order of ``tracks`` included. Every style in ``styles``
+    needs a track, and every track a style of ``styles``; track ids must be unique.
+
+    Raises:
+        ValueError: naming the track, style or argument that breaks those rules.
+    """
+    if isinstance(users, bool) or not isinstance(users, (int, np.integer)) or users < 1:
+        raise ValueError(f"users must be an integer >= 1, got {users!r}")
+    index = {name: k for k, name in enumerate(styles.styles)}
+    unknown = sorted({t.style for t in tracks if t.style not in index})
+    if unknown:
+        raise ValueError(f"tracks of styles that have no peak hour: {', '.join(unknown)}")
+    empty = [name for name in styles.styles if not any(t.style == name for t in tracks)]
+    if empty:
+        raise ValueError(f"styles without tracks: {', '.join(empty)}")
+    if len({t.track_id for t in tracks}) != len(tracks):
+        raise ValueError("track ids must be unique")
+
+    peaks = np.array([styles.peak_hours[name] for name in styles.styles], dtype=float)
+    style = np.array([index[t.style] for t in tracks])
     rng = np.random.default_rng([seed, _SESSIONS_STREAM])
-    listeners = [_draw_listener(rng) for _ in range(users)]
+    listeners = [_draw_listener(rng, peaks) for _ in range(users)]
     sessions = [session for user, listener in enumerate(listeners) for session in _schedule(user, listener, rng)]
     test_plays = sum(len(s.offsets) for s in sessions if s.is_test)
-    cold = _pick_cold(specs, min(round(_COLD_SHARE * len(specs)), test_plays), rng)
+    cold = _pick_cold(style, len(peaks), min(round(styles.cold_share * len(tracks)), test_plays), rng)
 
-    model = _ListeningModel(specs, cold, rng)
+    artist = np.unique([t.artist for t in tracks], return_inverse=True)[1]
+    order = np.array([t.order for t in tracks], dtype=float)
+    model = _ListeningModel(style, artist, order, peaks, cold, rng)
     for session in sessions:
         listener = listeners[session.user]
         hours = (session.start + session.offsets) / 3600 % 24
@@ -239,10 +303,16 @@ def _listening_sessions(specs: list[_TrackSpec], users: int, seed: int) -> tuple
                 continue
             rows["user_id"] += [f"usr{session.user:0{width_user}d}"] * len(session.tracks)
             rows["session_id"] += [f"ses{number:0{width_session}d}"] * len(session.tracks)
-            rows["track_id"] += [specs[t].track_id for t in session.tracks]
+            rows["track_id"] += [tracks[t].track_id for t in session.tracks]
             rows["ts"] += [start_us + (session.start + int(offset)) * 1_000_000 for offset in session.offsets]
         tables.append(pa.table(rows, schema=_SESSIONS_SCHEMA))
-    return tables[0], tables[1], tuple(specs[i].track_id for i in cold)
+    return tables[0], tables[1], tuple(tracks[i].track_id for i in cold)
+
+
+def _listening_sessions(specs: list[_TrackSpec], users: int, seed: int) -> tuple[pa.Table, pa.Table, tuple[str, ...]]:
+    """The demo's sessions: its planned tracks, neighbours by tempo, ``DEMO_LISTENING``."""
+    tracks = [ListenedTrack(s.track_id, s.style, s.artist, s.tempo_bpm) for s in specs]
+    return listening_sessions(tracks, users, seed, DEMO_LISTENING)
 
 
 def _release_unplayed(sessions: list[_Session], cold: np.ndarray, style: np.ndarray, rng: np.random.Generator) -> None:
