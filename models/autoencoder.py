@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.modules import IDEmbedding, Standardize, recency_pool
+from models.modules import CollaborativeEmbedding, Standardize, recency_pool
 
 
 @dataclass
@@ -64,23 +64,25 @@ class AutoencoderRecommender(nn.Module):
         self.standardize = Standardize(c.content_dim)
         self.encoder = nn.Sequential(nn.Linear(c.content_dim, c.hidden), nn.GELU(), nn.Linear(c.hidden, c.dim))
         self.decoder = nn.Sequential(nn.Linear(c.dim, c.hidden), nn.GELU(), nn.Linear(c.hidden, c.content_dim))
-        self.ids = IDEmbedding(c.n_ids, c.dim, c.id_dropout)
+        self.ids = CollaborativeEmbedding(c.content_dim, c.n_ids, c.dim, c.hidden, c.id_dropout)
 
     def latent(self, content: torch.Tensor) -> torch.Tensor:
         """The audio-only latent vector of each track."""
         return self.encoder(self.standardize(content))
 
     def track_vectors(self, content: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.latent(content) + self.ids(ids), dim=-1)
+        return F.normalize(self.latent(content) + self.ids(self.standardize(content), ids), dim=-1)
 
     def forward(self, item_vectors: torch.Tensor, mask: torch.Tensor, next_hours: torch.Tensor,
                 next_weekdays: torch.Tensor) -> torch.Tensor:
         return F.normalize(recency_pool(item_vectors, mask, self.config.recency_decay), dim=-1)
 
-    def auxiliary_loss(self, content: torch.Tensor) -> torch.Tensor:
-        """Denoising reconstruction: corrupt the standardised features, reconstruct the clean ones."""
+    def auxiliary_loss(self, content: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Denoising reconstruction (corrupt the standardised features, reconstruct the clean ones),
+        plus the cold-start mapping's regression (``CollaborativeEmbedding``)."""
         c = self.config
         clean = self.standardize(content)
         noisy = clean + c.noise_std * torch.randn_like(clean)
         noisy = noisy * (torch.rand_like(clean) >= c.feature_dropout)
-        return c.reconstruction_weight * F.mse_loss(self.decoder(self.encoder(noisy)), clean)
+        return c.reconstruction_weight * F.mse_loss(self.decoder(self.encoder(noisy)), clean) + \
+            self.ids.mapping_loss(clean, ids)

@@ -65,6 +65,9 @@ class DNNRecommender(nn.Module):
     def track_vectors(self, content: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         return self.tracks(content, ids)
 
+    def auxiliary_loss(self, content: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return self.tracks.mapping_loss(content, ids)
+
     def forward(self, item_vectors: torch.Tensor, mask: torch.Tensor, next_hours: torch.Tensor,
                 next_weekdays: torch.Tensor) -> torch.Tensor:
         history = recency_pool(item_vectors, mask, self.config.recency_decay)

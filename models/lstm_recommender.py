@@ -69,6 +69,9 @@ class LSTMRecommender(nn.Module):
     def track_vectors(self, content: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         return self.tracks(content, ids)
 
+    def auxiliary_loss(self, content: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return self.tracks.mapping_loss(content, ids)
+
     def forward(self, item_vectors: torch.Tensor, mask: torch.Tensor, next_hours: torch.Tensor,
                 next_weekdays: torch.Tensor) -> torch.Tensor:
         """(B, L, dim + 1) history vectors -> (B, L, dim + 1) queries; step t sees steps <= t only."""

@@ -10,10 +10,14 @@ The last coordinate is the track's bias, a learned prior (how likely it is to be
 all); queries carry a constant 1 in that slot (``with_bias_slot``), so a plain dot product
 scores query and bias together.
 
-A track outside the training vocabulary (id 0: new releases, tracks nobody has played)
-has a zero ID embedding, so its vector comes from its audio alone. Training drops ID
-embeddings at random (``id_dropout``) so the audio part alone must already rank well:
-that is what makes cold-start recommendations useful rather than random.
+A track outside the training vocabulary (id 0: new releases, tracks nobody has played) has no
+learned ID embedding; ``CollaborativeEmbedding`` predicts one from its audio instead (a
+content-to-collaborative mapping, as van den Oord et al. 2013 regress latent factors from audio),
+so a cold track lands where the listeners of similar-sounding tracks are rather than at the
+audio-only origin, where the learned biases of played tracks outrank it. Two signals train the
+mapping: a regression onto the learned embeddings of the played tracks in each batch, and, as in
+DropoutNet (Volkovs et al. 2017), the ranking loss itself, because training replaces a random
+``id_dropout`` share of learned embeddings by their prediction.
 """
 
 from __future__ import annotations
@@ -45,25 +49,34 @@ def fit_standardizers(model: nn.Module, content: torch.Tensor) -> None:
             module.fit(content)
 
 
-class IDEmbedding(nn.Module):
-    """A learned vector per training-vocabulary track; id 0 (unknown) is always zero.
+class CollaborativeEmbedding(nn.Module):
+    """A learned vector per training-vocabulary track; for id 0 (unknown) its prediction from audio.
 
-    In training a random ``dropout`` share of ids is zeroed, as if the track were cold.
+    In training a random ``dropout`` share of ids is replaced by the prediction, as if the track were cold.
     """
 
-    def __init__(self, n_ids: int, dim: int, dropout: float):
+    def __init__(self, content_dim: int, n_ids: int, dim: int, hidden: int, dropout: float):
         super().__init__()
         self.table = nn.Embedding(n_ids + 1, dim, padding_idx=0)
         nn.init.normal_(self.table.weight, std=0.01)
         with torch.no_grad():
             self.table.weight[0].zero_()
+        self.mapping = nn.Sequential(nn.Linear(content_dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.dropout = dropout
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        vectors = self.table(ids)
+    def forward(self, content: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """``content`` (..., content_dim) standardised features; ``ids`` (...) vocabulary ids, 0 = unknown."""
+        known = ids > 0
         if self.training and self.dropout > 0:
-            vectors = vectors * (torch.rand(ids.shape, device=ids.device) >= self.dropout).unsqueeze(-1)
-        return vectors
+            known = known & (torch.rand(ids.shape, device=ids.device) >= self.dropout)
+        return torch.where(known.unsqueeze(-1), self.table(ids), self.mapping(content))
+
+    def mapping_loss(self, content: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Mean squared distance between the predicted and the learned embedding of each known track."""
+        known = ids > 0
+        if not known.any():
+            return self.mapping(content[:0]).sum()  # zero, with the mapping still in the graph
+        return (self.mapping(content[known]) - self.table(ids[known]).detach()).square().sum(-1).mean()
 
 
 class TrackEncoder(nn.Module):
@@ -73,11 +86,15 @@ class TrackEncoder(nn.Module):
         super().__init__()
         self.standardize = Standardize(content_dim)
         self.content = nn.Sequential(nn.Linear(content_dim, hidden), nn.GELU(), nn.Linear(hidden, dim + 1))
-        self.ids = IDEmbedding(n_ids, dim + 1, id_dropout)
+        self.ids = CollaborativeEmbedding(content_dim, n_ids, dim + 1, hidden, id_dropout)
 
     def forward(self, content: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """``content`` (..., content_dim) raw features; ``ids`` (...) vocabulary ids, 0 = unknown."""
-        return self.content(self.standardize(content)) + self.ids(ids)
+        features = self.standardize(content)
+        return self.content(features) + self.ids(features, ids)
+
+    def mapping_loss(self, content: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return self.ids.mapping_loss(self.standardize(content), ids)
 
 
 def with_bias_slot(query: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,9 @@ class RNNRecommender(nn.Module):
     def track_vectors(self, content: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         return self.tracks(content, ids)
 
+    def auxiliary_loss(self, content: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return self.tracks.mapping_loss(content, ids)
+
     def forward(self, item_vectors: torch.Tensor, mask: torch.Tensor, next_hours: torch.Tensor,
                 next_weekdays: torch.Tensor) -> torch.Tensor:
         hidden, _ = self.rnn(item_vectors)

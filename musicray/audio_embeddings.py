@@ -14,8 +14,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import torch
 
 from musicray import storage, workspace
+from musicray.checkpoints import load_trained
 
 MODEL_NAME = "audio"
 
@@ -43,22 +45,62 @@ def read_embeddings(root: str, run_id: str) -> pa.Table:
     return pads.dataset([storage.resolve(f.uri)[1] for f in files], filesystem=fs, format="parquet").to_table()
 
 
-def embedding_matrix(root: str, run_id: str, rows: pa.Table) -> np.ndarray:
-    """(len(rows), dim) float32: the run's embedding of each feature row (track_id, extracted_at).
+class EmbeddingLookup:
+    """A run's embeddings by feature row (track_id, extracted_at), held in memory for lookups."""
 
-    A row the run has not embedded is an error naming the run and the first such tracks.
+    def __init__(self, root: str, run_id: str):
+        self.root, self.run_id = root, run_id
+        table = read_embeddings(root, run_id)
+        keys = zip(table.column("track_id").to_pylist(), table.column("extracted_at").cast(pa.int64()).to_pylist())
+        self.position = {key: i for i, key in enumerate(keys)}  # a re-embedded row: the last one wins
+        column = table.column("embedding").combine_chunks()
+        self.vectors = column.flatten().to_numpy().reshape(len(column), column.type.list_size)
+
+    def rows(self, rows: pa.Table) -> np.ndarray:
+        """(len(rows), dim) float32: the embedding of each feature row (track_id, extracted_at).
+
+        A row the run has not embedded is an error naming the run and the first such tracks.
+        """
+        stamps = rows.column("extracted_at").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_pylist()
+        wanted = list(zip(rows.column("track_id").to_pylist(), stamps))
+        found = [self.position.get(key) for key in wanted]
+        missing = [key[0] for key, i in zip(wanted, found) if i is None]
+        if missing:
+            raise FileNotFoundError(f"audio encoder run {self.run_id} in {self.root} has not embedded {len(missing)} "
+                                    f"of {len(wanted)} tracks (e.g. {missing[:3]}): run `musicray extract` again, "
+                                    f"which embeds new and changed tracks")
+        return np.ascontiguousarray(self.vectors[np.asarray(found, dtype=np.int64)], dtype=np.float32)
+
+
+def embedding_matrix(root: str, run_id: str, rows: pa.Table) -> np.ndarray:
+    """(len(rows), dim) float32: the run's embedding of each feature row (see ``EmbeddingLookup.rows``)."""
+    return EmbeddingLookup(root, run_id).rows(rows)
+
+
+class TrackAudioEmbedder:
+    """Feature rows (Arrow: track_id, extracted_at, crop_frames, logmel) -> their embedding rows.
+
+    Run by the extract job on a Ray Data actor pool, so each actor loads the encoder once.
     """
-    table = read_embeddings(root, run_id)
-    key = rows.select(["track_id", "extracted_at"]).cast(embeddings_schema(1).remove(2))
-    position = {(t, s): i for i, (t, s) in enumerate(zip(table.column("track_id").to_pylist(),
-                                                        table.column("extracted_at").cast(pa.int64()).to_pylist()))}
-    wanted = list(zip(key.column("track_id").to_pylist(), key.column("extracted_at").cast(pa.int64()).to_pylist()))
-    found = [position.get(k) for k in wanted]
-    missing = [k[0] for k, i in zip(wanted, found) if i is None]
-    if missing:
-        raise FileNotFoundError(f"audio encoder run {run_id} in {root} has not embedded {len(missing)} of "
-                                f"{len(wanted)} tracks (e.g. {missing[:3]}): run `musicray extract` again, "
-                                f"which embeds new and changed tracks")
-    column = table.column("embedding").combine_chunks()
-    matrix = column.flatten().to_numpy().reshape(len(column), column.type.list_size)
-    return np.ascontiguousarray(matrix[np.asarray(found, dtype=np.int64)], dtype=np.float32)
+
+    def __init__(self, root: str, run_id: str, device: str = "cpu"):
+        if device == "cpu":
+            torch.set_num_threads(1)  # one actor per core
+        self.device = torch.device(device)
+        self.encoder = load_trained(root, MODEL_NAME, run_id, map_location=device).model.to(self.device).eval()
+        self.schema = embeddings_schema(self.encoder.config.dim)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n_mels = self.encoder.config.n_mels
+        n = batch.num_rows
+        flat = batch.column("logmel").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        logmel = torch.from_numpy(flat.astype(np.float32).reshape(n, n_mels, -1)).to(self.device)
+        lengths = torch.tensor(batch.column("crop_frames").to_pylist(), dtype=torch.long)
+        vectors = self.encoder.track_embeddings(logmel, lengths).cpu().numpy()
+        if not np.isfinite(vectors).all():
+            raise ValueError(f"the audio encoder gave non-finite embeddings for tracks "
+                             f"{batch.column('track_id').to_pylist()[:3]}...")
+        return pa.Table.from_arrays(
+            [batch.column("track_id"), batch.column("extracted_at").cast(self.schema.field("extracted_at").type),
+             pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), vectors.shape[1])],
+            schema=self.schema)

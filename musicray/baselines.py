@@ -38,7 +38,7 @@ POPULARITY_TIEBREAK = 1e-6
 
 
 @dataclass
-class _TrainingPlays:
+class TrainingPlays:
     """Training plays grouped by session; sessions numbered in order of their first play."""
 
     items: np.ndarray  # (n_plays,) catalog index of each play, in time order within its session
@@ -47,7 +47,7 @@ class _TrainingPlays:
     n_items: int
 
     @classmethod
-    def from_frame(cls, train: pd.DataFrame, catalog_ids: Sequence[str]) -> _TrainingPlays:
+    def from_frame(cls, train: pd.DataFrame, catalog_ids: Sequence[str]) -> TrainingPlays:
         catalog = catalog_index(catalog_ids)
         plays, _ = known_plays(train, "train", catalog, ("session_id", "track_id", "ts"))
         plays["start"] = plays.groupby("session_id")["ts"].transform("min")
@@ -77,7 +77,7 @@ class Popularity:
     name = "popularity"
 
     def __init__(self, train: pd.DataFrame, catalog_ids: Sequence[str]):
-        plays = _TrainingPlays.from_frame(train, catalog_ids)
+        plays = TrainingPlays.from_frame(train, catalog_ids)
         self.counts = torch.from_numpy(plays.play_counts()).float()
 
     def score(self, batch: Examples) -> torch.Tensor:
@@ -88,7 +88,7 @@ class _SparseBaseline:
     """What the non-popularity baselines share: the prefix as a sparse row, and dense scores
     divided by their row maximum plus the popularity tie-breaker."""
 
-    def __init__(self, plays: _TrainingPlays):
+    def __init__(self, plays: TrainingPlays):
         counts = plays.play_counts()
         self.n_items = plays.n_items
         self.tiebreak = (POPULARITY_TIEBREAK * counts / max(counts.max(), 1)).astype(np.float32)
@@ -136,7 +136,7 @@ class ItemKNN(_SparseBaseline):
         check_positive_int("neighbours", neighbours)
         check_positive_int("history", history)
         _check_decay(decay)
-        plays = _TrainingPlays.from_frame(train, catalog_ids)
+        plays = TrainingPlays.from_frame(train, catalog_ids)
         super().__init__(plays)
         self.history, self.decay = history, decay
 
@@ -172,7 +172,7 @@ class SessionKNN(_SparseBaseline):
         check_positive_int("k", k)
         if sample_size is not None:
             check_positive_int("sample_size", sample_size)
-        plays = _TrainingPlays.from_frame(train, catalog_ids)
+        plays = TrainingPlays.from_frame(train, catalog_ids)
         super().__init__(plays)
         self.k, self.sample_size = k, sample_size
         self.sessions_items = plays.session_item_matrix()
@@ -200,7 +200,7 @@ class SequentialRules(_SparseBaseline):
 
     def __init__(self, train: pd.DataFrame, catalog_ids: Sequence[str], window: int = 10):
         check_positive_int("window", window)
-        plays = _TrainingPlays.from_frame(train, catalog_ids)
+        plays = TrainingPlays.from_frame(train, catalog_ids)
         super().__init__(plays)
         sources, destinations, weights = [], [], []
         for distance in range(1, window + 1):
@@ -222,7 +222,7 @@ class Markov(_SparseBaseline):
     name = "markov"
 
     def __init__(self, train: pd.DataFrame, catalog_ids: Sequence[str]):
-        plays = _TrainingPlays.from_frame(train, catalog_ids)
+        plays = TrainingPlays.from_frame(train, catalog_ids)
         super().__init__(plays)
         a, b = plays.pairs(1)
         counts = sp.csr_matrix((np.ones(len(a), dtype=np.float32), (a, b)), shape=(plays.n_items, plays.n_items))

@@ -27,6 +27,7 @@ class TrainedModel:
     metrics: dict  # of the best epoch
     history: list[dict]  # metrics of every epoch up to the best
     sessions: str | None  # the listening log it was trained on
+    audio_run: str | None = None  # the audio encoder run whose embeddings are part of its content input
 
 
 MODEL_FILES = ("state_dict.pt", "config.json", "vocab.json")
@@ -107,4 +108,4 @@ def load_trained(root: str, name: str, run_id: str | None = None, map_location: 
     directory = workspace.model_dir(root, name, run_id)
     model, vocabulary, meta = read_model_files(directory, map_location)
     return TrainedModel(name, run_id, model, vocabulary, meta.get("metrics", {}), meta.get("history", []),
-                        meta.get("sessions"))
+                        meta.get("sessions"), meta.get("audio_run"))

@@ -1,7 +1,8 @@
-"""Arrow schemas of the workspace tables, and the one reader of the features table."""
+"""Arrow schemas of the workspace tables, and the readers of the features table."""
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -79,3 +80,35 @@ def read_features(root: str, columns: list[str] | None = None, track_ids: list[s
         first = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))
         table = table.filter(pa.concat_arrays([pa.array([True]), first.combine_chunks()]))
     return table if columns is None else table.select(columns)
+
+
+def current_feature_rows(root: str) -> pa.Table:
+    """The current feature rows: track_id, content_hash, extracted_at and file of each.
+
+    Two extractions at once can leave a track twice; the newest row is the current one (as in
+    ``read_features``), and superseded rows (usually none) are left out of the snapshot.
+    """
+    files = parquet_files(workspace.features_dir(root))
+    if not files:
+        raise FileNotFoundError(f"the workspace {root} has no features: every track failed extraction")
+    fs, _ = storage.resolve(files[0])
+    parts = []
+    for fragment in pads.dataset([storage.resolve(f)[1] for f in files], filesystem=fs, format="parquet").get_fragments():
+        part = fragment.to_table(columns=["track_id", "content_hash", "extracted_at"])
+        parts.append(part.append_column("file", pa.array([fragment.path] * part.num_rows, pa.string())))
+    table = pa.concat_tables(parts)
+    table = table.sort_by([("track_id", "ascending"), ("extracted_at", "descending")])
+    ids = table.column("track_id")
+    first = pa.array([True] * len(ids), pa.bool_())
+    if len(ids) > 1:
+        later = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).combine_chunks()
+        first = pa.concat_arrays([pa.array([True]), later])
+    return table.filter(first)
+
+
+def rows_matching(batch: pa.Table, wanted: pa.Table) -> pa.Table:
+    """The rows of ``batch`` that match a row of ``wanted`` on all of its columns, in batch order."""
+    # Joined on the key columns alone: Arrow joins cannot carry the vector (fixed-size list) columns.
+    keys = batch.select(wanted.column_names).append_column("row", pa.array(np.arange(batch.num_rows)))
+    rows = keys.join(wanted, keys=wanted.column_names, join_type="left semi").column("row").to_numpy()
+    return batch.take(np.sort(rows))

@@ -44,7 +44,7 @@ def run_evaluate(root: str, sessions_test: str, out: str, sessions_train: str | 
                  models: list[str] | None = None, generation_tracks: int = 32, seed_seconds: float = 5.0,
                  continuation_seconds: float = 10.0) -> dict:
     root, out = storage.normalize(root), storage.normalize(out)
-    catalog = TrackCatalog.from_workspace(root)
+    catalog = TrackCatalog.from_workspace(root, audio_run=None)  # the tracks; each model reads its own content
     trained = {}
     for name in models or RECOMMENDERS:
         try:
@@ -61,7 +61,8 @@ def run_evaluate(root: str, sessions_test: str, out: str, sessions_train: str | 
     if len(examples) == 0:
         raise ValueError(f"test log {sessions_test} has no session with two or more known tracks")
 
-    model_scorers = {name: ModelScorer(name, t.model, catalog, t.vocabulary) for name, t in trained.items()}
+    contents = {run: TrackCatalog.from_workspace(root, audio_run=run) for run in {t.audio_run for t in trained.values()}}
+    model_scorers = {name: ModelScorer(name, t.model, contents[t.audio_run], t.vocabulary) for name, t in trained.items()}
     scorers = baselines(train_log, catalog.track_ids) + list(model_scorers.values())
     ranking, ranks = {}, {}
     for scorer in scorers:

@@ -13,6 +13,11 @@ decoding runs as CPU tasks feeding a pool of GPU actors. A track is skipped with
 decoding when its content hash and extractor version match its existing row; with a
 listed S3 prefix the ETag stands in for the hash, so unchanged objects are not even read.
 Every track ends as done, skipped or failed; failures are rows in ``<root>/errors/``.
+
+Once an audio encoder is trained (``musicray train --model audio``), the job then embeds every
+track whose current feature row the encoder's LATEST run has not embedded yet
+(``embed_audio``: an actor pool over the stored log-mel crops, GPU actors with ``--gpu``), into
+``<root>/audio_embeddings/<run>/``.
 """
 
 from __future__ import annotations
@@ -39,9 +44,11 @@ from ray.data.datasource import Datasink
 
 from musicray import storage, workspace
 from musicray.audio import AudioError, decode
+from musicray.audio_embeddings import TrackAudioEmbedder, latest_audio_run, read_embeddings
 from musicray.catalog import CatalogError, load_catalog
 from musicray.features import FeatureConfig, FeatureExtractor, pad_batch
-from musicray.schemas import ERRORS_SCHEMA, features_schema, parquet_files, read_features
+from musicray.schemas import (ERRORS_SCHEMA, current_feature_rows, features_schema, parquet_files, read_features,
+                              rows_matching)
 from ray_jobs.common import cluster_resources, init_ray
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
@@ -58,6 +65,7 @@ class ExtractReport:
     failures_by_kind: dict[str, int] = field(default_factory=dict)
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
+    audio_embedded: int = 0  # tracks the audio encoder embedded in this run (0 without an encoder)
 
     @property
     def failure_rate(self) -> float:
@@ -274,11 +282,43 @@ def run_extract(catalog: str, root: str, *, config: FeatureConfig = FeatureConfi
         tracks.drop(columns=["listing_hash", "known_hash"]), preserve_index=False))
     for stale in old_errors:  # errors/ holds the failures of the latest run only
         storage.delete(stale)
+    audio_run = latest_audio_run(root)
+    if audio_run and report.done + report.skipped:
+        report.audio_embedded = embed_audio(root, audio_run, gpu=gpu)
     report.wall_seconds = time.perf_counter() - started
     storage.write_text(storage.join(workspace.reports_dir(root, f"extract-{run_id}"), "metrics.json"),
                        json.dumps({**asdict(report), "catalog": str(catalog), "extractor_version": config.version,
                                    "failure_rate": report.failure_rate}, indent=2))
     return report
+
+
+def embed_audio(root: str, run_id: str, *, gpu: bool = False, batch_size: int = 32) -> int:
+    """Embed, with the audio encoder run ``run_id``, every current feature row it has not embedded
+    yet; returns how many. Reads only those rows' log-mel crops."""
+    rows = current_feature_rows(root)
+    done = read_embeddings(root, run_id).select(["track_id", "extracted_at"])
+    todo = rows.join(done.cast(rows.select(["track_id", "extracted_at"]).schema), keys=["track_id", "extracted_at"],
+                     join_type="left anti")
+    if todo.num_rows == 0:
+        return 0
+    init_ray()
+    cpus, gpus = cluster_resources()
+    if gpu and gpus == 0:
+        raise RuntimeError("--gpu was given but the Ray cluster has no GPU")
+    fs, out = storage.resolve(workspace.audio_embeddings_dir(root, run_id))
+    files = sorted(set(todo.column("file").to_pylist()))
+    wanted = todo.select(["track_id", "file"]).rename_columns(["track_id", "path"])
+    dataset = ray.data.read_parquet(files, filesystem=fs, include_paths=True).select_columns(
+        ["track_id", "extracted_at", "crop_frames", "logmel", "path"])
+    dataset = dataset.map_batches(rows_matching, fn_kwargs={"wanted": wanted}, batch_format="pyarrow")
+    batches = -(-todo.num_rows // batch_size)  # no more actors (each loads the encoder) than batches
+    resources = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": 1}
+    dataset.map_batches(
+        TrackAudioEmbedder, fn_constructor_kwargs={"root": root, "run_id": run_id, "device": "cuda" if gpu else "cpu"},
+        batch_size=batch_size, batch_format="pyarrow",
+        compute=ActorPoolStrategy(min_size=1, max_size=max(1, min(gpus if gpu else cpus, batches))), **resources,
+    ).write_parquet(out, filesystem=fs)
+    return todo.num_rows
 
 
 def _build_pipeline(todo: pd.DataFrame, config: FeatureConfig, gpu: bool, batch_size: int,

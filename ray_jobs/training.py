@@ -85,6 +85,9 @@ class Task(Protocol):
     def checkpoint_extra(self) -> dict:
         """Fields a checkpoint's config.json carries besides the engine's epoch, history and metrics."""
 
+    # Optional: ``on_publish(root, run_id)`` runs on the driver once the run's best checkpoint is
+    # copied and before LATEST names the run (the audio encoder embeds the catalog there).
+
 
 @dataclass
 class Prepared:
@@ -224,13 +227,15 @@ def fit(prepared: Prepared, root: str, run_id: str, *, callbacks: list | None = 
                            run_config(models_uri, run_id, task.settings.max_failures, task.metric, task.mode,
                                       callbacks=callbacks),
                            hooks=hooks)
-    best, history = publish_best(trainer.fit(), root, task.model, run_id, task.metric, task.mode)
+    best, history = publish_best(trainer.fit(), root, task.model, run_id, task.metric, task.mode,
+                                 on_publish=getattr(task, "on_publish", None))
     return TrainResult(task.model, run_id, best, history, prepared.info)
 
 
 def publish_best(result: ray.train.Result, root: str, model: str, run_id: str, metric: str,
-                 mode: str) -> tuple[dict, list[dict]]:
-    """Copy a finished run's best checkpoint to ``<run>/model/``, then point LATEST at the run.
+                 mode: str, on_publish=None) -> tuple[dict, list[dict]]:
+    """Copy a finished run's best checkpoint to ``<run>/model/``, run ``on_publish(root, run_id)``,
+    then point LATEST at the run.
 
     Returns the best epoch's metrics and the history of every epoch (resumed ones included).
     """
@@ -240,6 +245,8 @@ def publish_best(result: ray.train.Result, root: str, model: str, run_id: str, m
         for name in MODEL_FILES:
             with open(os.path.join(directory, name), "rb") as f:
                 storage.write_bytes(storage.join(target, name), f.read())
+    if on_publish:
+        on_publish(root, run_id)
     storage.publish(workspace.model_pointer(root, model), run_id)  # data first, pointer last
     best_meta = json.loads(storage.read_text(storage.join(target, "config.json")))
     with result.checkpoint.as_directory() as directory:  # the latest epoch holds the whole history

@@ -43,13 +43,14 @@ class RecommenderTask:
     metric, mode = SELECTION_METRIC, "max"
 
     def __init__(self, model: str, model_config: dict, settings: RecommenderSettings, shared: ray.ObjectRef,
-                 sessions: str):
+                 sessions: str, audio_run: str | None):
         self.model, self.model_config, self.settings = model, model_config, settings
         self.shared, self.sessions = shared, sessions  # the catalog's content, vocabulary, held-out sessions
+        self.audio_run = audio_run  # the audio encoder run whose embeddings end the content vectors
 
     def with_config(self, train: dict, model: dict) -> "RecommenderTask":
         return RecommenderTask(self.model, {**self.model_config, **model}, replace(self.settings, **train),
-                               self.shared, self.sessions)
+                               self.shared, self.sessions, self.audio_run)
 
     def setup(self, rank: int, device: torch.device) -> None:
         shared = ray.get(self.shared)
@@ -84,7 +85,7 @@ class RecommenderTask:
         return self.track_vocabulary
 
     def checkpoint_extra(self) -> dict:
-        return {"sessions": self.sessions}
+        return {"sessions": self.sessions, "audio_run": self.audio_run}
 
 
 TASK, SETTINGS = RecommenderTask, RecommenderSettings  # what ray_jobs.tasks looks up by model name
@@ -110,7 +111,7 @@ def prepare(model: str, root: str, sessions: str | None, settings: RecommenderSe
     # The fields the data decides: feature width and vocabulary size.
     full_config = {**(model_config or {}), "content_dim": catalog.content.shape[1], "n_ids": len(vocabulary)}
     init_ray()  # after the checks above: a bad input fails before Ray starts
-    task = RecommenderTask(model, full_config, settings, ray.put(shared), sessions)
+    task = RecommenderTask(model, full_config, settings, ray.put(shared), sessions, catalog.audio_run)
     rows = pd.DataFrame({k: list(v) for k, v in arrays.items()})
     return Prepared(task, ray.data.from_pandas(rows), {"dropped_plays": int((~known).sum())})
 
