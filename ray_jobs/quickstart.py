@@ -2,7 +2,8 @@
 
     musicray quickstart [--full] [--demo ./demo] [--root ./workspace] [--verbose] [--tracks N ...]
 
-The demo catalog is written, its features extracted, the four recommenders trained, a small
+The demo catalog is written, its features extracted, the audio encoder trained (every track
+embedded), the four recommenders trained on those embeddings and the summary statistics, a small
 LSTM search run (ASHA), the music generator trained and a clip generated, everything
 evaluated against the baselines, the first embedding snapshot published, and the snapshot
 served with Ray Serve: one recommendation and one generation request, answers printed.
@@ -32,9 +33,9 @@ from musicray import storage, workspace
 
 # The brief run and --full; explicit flags override either.
 PROFILES = {
-    "quick": dict(tracks=128, users=200, seconds=20.0, epochs=5, tune_samples=2, tune_epochs=2,
+    "quick": dict(tracks=128, users=200, seconds=20.0, audio_epochs=4, epochs=5, tune_samples=2, tune_epochs=2,
                   generator_epochs=2, generator_crops=1, generation_tracks=4),
-    "full": dict(tracks=300, users=500, seconds=30.0, epochs=12, tune_samples=4, tune_epochs=2,
+    "full": dict(tracks=300, users=500, seconds=30.0, audio_epochs=8, epochs=12, tune_samples=4, tune_epochs=2,
                  generator_epochs=3, generator_crops=2, generation_tracks=16),
 }
 MARKER = "quickstart.json"  # in the demo folder and in the workspace: the arguments they were made with
@@ -166,6 +167,17 @@ def stage_extract(args, console, progress) -> str:
     storage.write_text(storage.join(args.root, MARKER), json.dumps(made_with(args)))
     report = run_extract(_demo_file(args, "catalog.parquet"), args.root, progress=progress)
     return f"{report.summary()}; features in {workspace.features_dir(args.root)}"
+
+
+def stage_audio(args, console, progress) -> str:
+    from ray_jobs.common import EpochProgress
+    from ray_jobs.tasks.audio import AudioSettings
+    from ray_jobs.train import run_train
+
+    result = run_train("audio", args.root, _demo_file(args, "sessions_train.parquet"),
+                       settings=AudioSettings(epochs=args.audio_epochs), callbacks=[EpochProgress(progress)])
+    return (f"audio encoder val loss {result.best['val_loss']:.2f}; every track embedded, the recommenders' "
+            f"content from here on")
 
 
 def stage_train(args, console, progress) -> str:
@@ -303,6 +315,7 @@ def stages(args) -> list[tuple[str, object, int, str]]:
     return [
         ("demo-data", stage_demo_data, args.tracks, "tracks"),
         ("extract", stage_extract, args.tracks, "tracks"),
+        ("audio", stage_audio, args.audio_epochs, "epochs"),
         ("train", stage_train, len(RECOMMENDERS) * args.epochs, "epochs"),
         ("tune", stage_tune, args.tune_samples * args.tune_epochs, "trial-epochs"),
         ("generate", stage_generate, args.generator_epochs + 1, "steps"),  # the epochs, then the clip
@@ -328,6 +341,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tracks", type=int, help=f"demo catalog size (default {quick['tracks']})")
     parser.add_argument("--users", type=int, help=f"listeners in the demo log (default {quick['users']})")
     parser.add_argument("--seconds", type=float, help=f"length of each demo track (default {quick['seconds']:g})")
+    parser.add_argument("--audio-epochs", type=int, help=f"training epochs of the audio encoder (default {quick['audio_epochs']})")
     parser.add_argument("--epochs", type=int, help=f"training epochs per recommender (default {quick['epochs']})")
     parser.add_argument("--tune-samples", type=int, help=f"trials of the LSTM search (default {quick['tune_samples']})")
     parser.add_argument("--tune-epochs", type=int, help=f"most epochs per search trial (default {quick['tune_epochs']})")

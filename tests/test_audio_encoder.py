@@ -71,10 +71,24 @@ def test_the_contrastive_objective_learns_to_pair_chunks_of_the_same_track():
     assert matched > 0.8  # chance: 1/16
 
 
-def test_training_embeds_every_track_and_recommenders_read_the_embeddings(demo, features_root):
-    root = features_root
+@pytest.fixture(scope="module")
+def encoded(demo, extracted, tmp_path_factory):
+    """The demo workspace with an audio encoder trained on it (run "enc"), and the run's result."""
+    root = tmp_path_factory.mktemp("encoded") / "ws"
+    shutil.copytree(extracted, root)
     settings = AudioSettings(epochs=3, batch_size=16, max_failures=0)
-    result = run_train("audio", root, str(demo.sessions_train), settings=settings, run_id="enc")
+    return root, run_train("audio", str(root), str(demo.sessions_train), settings=settings, run_id="enc")
+
+
+@pytest.fixture
+def encoded_root(encoded, tmp_path) -> str:
+    root = tmp_path / "ws"
+    shutil.copytree(encoded[0], root)
+    return str(root)
+
+
+def test_training_embeds_every_track_and_recommenders_read_the_embeddings(demo, encoded, encoded_root):
+    root, result = encoded_root, encoded[1]
     history = [h["val_loss"] for h in result.history]
     assert history[-1] < history[0]  # it learned
     assert latest_audio_run(root) == "enc"
@@ -101,9 +115,8 @@ def test_training_embeds_every_track_and_recommenders_read_the_embeddings(demo, 
     assert TrackCatalog.from_workspace(root, audio_run="enc").content.shape == catalog.content.shape
 
 
-def test_extraction_embeds_only_new_and_changed_tracks(demo, features_root, tmp_path):
-    root = features_root
-    run_train("audio", root, None, settings=AudioSettings(epochs=1, batch_size=16, max_failures=0), run_id="enc")
+def test_extraction_embeds_only_new_and_changed_tracks(demo, encoded_root, tmp_path):
+    root = encoded_root
     before = read_embeddings(root, "enc").num_rows
 
     catalog = tmp_path / "catalog"
@@ -136,3 +149,13 @@ def test_a_catalog_without_labels_or_log_still_trains_on_audio_alone(demo, featu
 def test_too_few_tracks_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="has 0 track"):
         run_train("audio", str(tmp_path / "empty"), None, settings=AudioSettings(epochs=1))
+
+
+def test_a_search_over_the_encoder_selects_on_validation_loss(encoded_root):
+    from ray_jobs import tune
+
+    outcome = tune.run_tune("audio", encoded_root, None, samples=2, name="enc-search", epochs=1,
+                            fixed={"channels": [8, 16], "dim": 16}, publish=False)
+    assert outcome.complete and (outcome.metric, outcome.mode) == ("val_loss", "min")
+    assert len(outcome.trials) == 2 and outcome.best["value"] > 0
+    assert outcome.best["model_config"]["dim"] == 16

@@ -20,7 +20,7 @@ from torch import nn
 from models import build
 from models.losses import NegativeSampler, NextTrackObjective
 from models.modules import fit_standardizers
-from musicray.content import TrackCatalog
+from musicray.content import LATEST, TrackCatalog
 from musicray.metrics import evaluate
 from musicray.scoring import ModelScorer
 from musicray.sessions import load_log, make_examples, session_arrays, split_by_time
@@ -37,6 +37,9 @@ class RecommenderSettings(Settings):
     ema_decay: float = 0.98
     full_softmax_max_tracks: int = 200_000  # above this, sampled softmax with logQ correction
     negatives: int = 2048
+    # The content vector ends with the audio encoder's embeddings once an encoder is trained
+    # (its LATEST run); False trains on the summary statistics alone.
+    audio_embeddings: bool = True
 
 
 class RecommenderTask:
@@ -96,7 +99,7 @@ def prepare(model: str, root: str, sessions: str | None, settings: RecommenderSe
     """Features + listening log -> the task every worker runs and the training sessions as rows."""
     if not sessions:
         raise ValueError(f"a listening log (--sessions) is required to train {model!r}")
-    catalog = TrackCatalog.from_workspace(root)
+    catalog = TrackCatalog.from_workspace(root, audio_run=LATEST if settings.audio_embeddings else None)
     log = load_log(sessions)
     known = log["track_id"].isin(catalog.index.keys())
     train_log, validation = split_by_time(log[known], settings.validation_fraction)
