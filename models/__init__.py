@@ -1,12 +1,14 @@
 """The model types, pure PyTorch, built by name.
 
 ``RECOMMENDERS`` are the four track recommenders (``train --model all`` and evaluation iterate
-them); ``GENERATORS`` the music generator, which continues audio rather than ranking tracks.
+them); ``GENERATORS`` the music generator, which continues audio rather than ranking tracks;
+``ENCODERS`` the audio encoder, whose embeddings are part of every other model's content input.
 Recommenders share one interface, so training, evaluation, refresh and serving treat them alike:
 
     model.track_vectors(content (N, D), ids (N,)) -> (N, dim)      every track, played or not
     model(item_vectors (B, L, dim), mask, next_hours, next_weekdays) -> (B, L, dim) queries
     score = query @ track_vectors.T / model.temperature
+    model.auxiliary_loss(content (n, D), ids (n,)) -> scalar     added to the next-track loss in training
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from dataclasses import fields
 
 from torch import nn
 
-from models import autoencoder, dnn_recommender, lstm_generator, lstm_recommender, rnn_recommender
+from models import audio_encoder, autoencoder, dnn_recommender, lstm_generator, lstm_recommender, rnn_recommender, tagger
+from models.audio_encoder import AudioEncoder, AudioEncoderConfig
 from models.autoencoder import AutoencoderConfig, AutoencoderRecommender
 from models.dnn_recommender import DNNConfig, DNNRecommender
 from models.lstm_generator import GeneratorConfig, LSTMGenerator
 from models.lstm_recommender import LSTMConfig, LSTMRecommender
 from models.rnn_recommender import RNNConfig, RNNRecommender
+from models.tagger import Tagger, TaggerConfig
 
 RECOMMENDERS: dict[str, type[nn.Module]] = {
     "lstm": LSTMRecommender,
@@ -33,7 +37,16 @@ GENERATORS: dict[str, type[nn.Module]] = {
     "generator": LSTMGenerator,
 }
 
-MODELS: dict[str, type[nn.Module]] = {**RECOMMENDERS, **GENERATORS}
+# The tagger: a track's tags (genre, mood, any label column) from its content vector.
+TAGGERS: dict[str, type[nn.Module]] = {
+    "tagger": Tagger,
+}
+
+ENCODERS: dict[str, type[nn.Module]] = {
+    "audio": AudioEncoder,
+}
+
+MODELS: dict[str, type[nn.Module]] = {**RECOMMENDERS, **GENERATORS, **ENCODERS, **TAGGERS}
 
 # Each model's hyperparameter search space, defined in its file next to its config dataclass:
 # {"model": {config field: (kind, *arguments)}, "train": {training setting: (kind, *arguments)}}.
@@ -43,6 +56,8 @@ SEARCH_SPACES: dict[str, dict[str, dict[str, tuple]]] = {
     "dnn": dnn_recommender.SEARCH_SPACE,
     "autoencoder": autoencoder.SEARCH_SPACE,
     "generator": lstm_generator.SEARCH_SPACE,
+    "tagger": tagger.SEARCH_SPACE,
+    "audio": audio_encoder.SEARCH_SPACE,
 }
 
 
@@ -62,5 +77,5 @@ def build(name: str, **config) -> nn.Module:
     return cls(cls.Config(**config))
 
 
-__all__ = ["GENERATORS", "MODELS", "RECOMMENDERS", "SEARCH_SPACES", "build", "model_class", "AutoencoderConfig", "DNNConfig",
-           "GeneratorConfig", "LSTMConfig", "RNNConfig"]
+__all__ = ["ENCODERS", "GENERATORS", "MODELS", "RECOMMENDERS", "SEARCH_SPACES", "TAGGERS", "build", "model_class", "AudioEncoderConfig", "AutoencoderConfig", "DNNConfig",
+           "GeneratorConfig", "LSTMConfig", "RNNConfig", "TaggerConfig"]

@@ -113,3 +113,24 @@ def continuations(uri: str, seed_logmel, by_name: dict, config: FeatureConfig, t
     if title:
         figure.suptitle(title)
     save(figure, uri)
+
+
+def confusion_matrices(matrices: dict[str, np.ndarray], values: list[str], uri: str, title: str = "") -> None:
+    """One panel per model: rows the true value, columns the predicted one; colour is the share of
+    the row (so rare values show as clearly as common ones), the number the count of tracks."""
+    figure, axes = plt.subplots(1, len(matrices), figsize=(0.5 * len(values) * len(matrices) + 3, 0.45 * len(values) + 2),
+                                squeeze=False, constrained_layout=True)
+    for axis, (name, matrix) in zip(axes[0], matrices.items()):
+        shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+        axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        for (row, column), count in np.ndenumerate(matrix):
+            if count:
+                axis.text(column, row, str(count), ha="center", va="center", fontsize=8,
+                          color="white" if shares[row, column] > 0.5 else "black")
+        axis.set_xticks(range(len(values)), values, rotation=45, ha="right", fontsize=8)
+        axis.set_yticks(range(len(values)), values, fontsize=8)
+        axis.set(xlabel="predicted", ylabel="true", title=name)
+        axis.title.set_fontsize(9)
+    if title:
+        figure.suptitle(title)
+    save(figure, uri)

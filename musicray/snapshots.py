@@ -2,9 +2,10 @@
 
 A snapshot holds every catalog track's vector under each model, as one immutable folder:
 
-    vectors/*.parquet        track_id, one float32 vector column per model, <model>_run
+    vectors/*.parquet        track_id, one float32 vector column per model, <model>_run; with a
+                             trained tagger, tags_<column> (predicted tags) and tagger_run
     index/<model>.voy        a nearest-neighbour index per model (musicray.index)
-    manifest.json            counts, model runs, catalog fingerprint, files, created_at
+    manifest.json            counts, model runs, the tagger run and its columns, catalog fingerprint, files, created_at
 
 It is written data first, manifest second, verified, and only then named by ``LATEST``; so a
 reader that follows ``LATEST`` never sees a half-written snapshot, whatever stopped the writer.
@@ -177,6 +178,11 @@ def verify(root: str, snapshot_id: str, expected_tracks: int) -> Snapshot:
             index = snapshot.index(model)
             if len(index) != len(ids) or sorted(index.track_ids) != ids.to_pylist():
                 problems.append(f"index {model} holds {len(index)} tracks that differ from the vectors")
+        tagger = snapshot.manifest.get("tagger")
+        missing = [c["field"] for c in (tagger or {}).get("columns", {}).values()
+                   if c["field"] not in snapshot.vector_columns()]
+        if missing:
+            problems.append(f"the tagger's predicted tag column(s) {missing} are missing from the vectors")
     except Exception as error:
         problems.append(f"does not load: {error}")
     if problems:

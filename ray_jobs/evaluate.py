@@ -12,6 +12,9 @@ track space is also scored by label precision@10 of its nearest neighbours, agai
 MFCC-statistics space. When a music generator was trained, a generation section scores its
 continuations of held-out tracks by Fréchet distance against looping the seed and noise shaped
 to the seed's spectrum (``musicray.generation_eval``), with spectrogram PNGs of seed + continuation.
+When a tagger was trained, a tagging section scores it on the test tracks of the track split
+(accuracy, macro-F1, ROC-AUC per tag column, confusion-matrix PNGs) against MFCC statistics +
+logistic regression (``musicray.tagging_eval``).
 Writes ``metrics.json``, ``report.md`` and PNG plots to ``--out``.
 """
 
@@ -26,12 +29,15 @@ import pandas as pd
 import torch
 
 from models import RECOMMENDERS
+from models.tagger import CATEGORICAL
 from musicray import plots, storage
 from musicray.baselines import baselines, mfcc_baseline_vectors
-from musicray.catalog import track_labels
+from musicray.catalog import read_catalog, track_labels
 from musicray.checkpoints import load_trained
 from musicray.content import TrackCatalog
 from musicray.generation_eval import evaluate_workspace, generation_report
+from musicray.tagging import tag_column
+from musicray.tagging_eval import evaluate_tagging, summary_line, tagging_report
 from musicray.metrics import evaluate, label_precision_at_k, paired_difference
 from musicray.schemas import read_features
 from musicray.scoring import ModelScorer
@@ -90,6 +96,14 @@ def run_evaluate(root: str, sessions_test: str, out: str, sessions_train: str | 
         features = features.set_index("track_id").loc[catalog.track_ids]  # rows in catalog order, as labels
         spaces = {"mfcc-statistics (baseline)": mfcc_baseline_vectors(features), **_track_spaces(model_scorers)}
         metrics["label_precision@10"] = {name: label_precision_at_k(v, labels, k=10) for name, v in spaces.items()}
+        moods = _moods(root, catalog.track_ids)
+        if moods:  # a catalog with a mood column: are neighbours of one mood too?
+            metrics["mood_precision@10"] = {name: label_precision_at_k(v, moods, k=10) for name, v in spaces.items()}
+
+    tagging = evaluate_tagging(root, plot_dir=out)
+    if tagging:  # None: no tagger trained yet
+        metrics["tagging"] = tagging
+        print(f"  tagging: {summary_line(tagging)}")
 
     if generation_tracks > 0:
         try:
@@ -138,6 +152,20 @@ def against_baselines(ranking: dict, ranks: dict, models: set[str]) -> list[dict
     return comparisons
 
 
+def _moods(root: str, track_ids: list[str]) -> list[str] | None:
+    """Each track's mood, "unknown" without one, when the catalog has a categorical ``mood`` column."""
+    table = read_catalog(root)
+    if "mood" not in table.column_names:
+        return None
+    try:
+        column = tag_column(table, "mood")
+    except ValueError:  # not a column of categories
+        return None
+    if column.kind != CATEGORICAL or not column.values:
+        return None
+    return [column.values.get(t, ("unknown",))[0] for t in track_ids]
+
+
 def _labels(root: str, track_ids: list[str]) -> list[str] | None:
     """Each track's catalog label, "unknown" for a track without one; None when no track has a label."""
     labels = track_labels(root)
@@ -184,10 +212,17 @@ def report(metrics: dict, models: set[str]) -> str:
         beaten_by = [m for m in sorted(models) if ranking[m]["all"]["MRR@20"] > ranking[name]["all"]["MRR@20"]]
         if models and not beaten_by:
             lines.append(f"- The baseline **{name}** wins on MRR@20 over every model.")
-    if "label_precision@10" in metrics:
+    if "label_precision@10" in metrics and "mood_precision@10" in metrics:
+        lines += ["", "## Track spaces: label and mood precision@10 of nearest neighbours", "",
+                  "| space | label precision@10 | mood precision@10 |", "|---|---|---|"]
+        lines += [f"| {n} | {v:.3f} | {metrics['mood_precision@10'][n]:.3f} |"
+                  for n, v in metrics["label_precision@10"].items()]
+    elif "label_precision@10" in metrics:
         lines += ["", "## Track spaces: label precision@10 of nearest neighbours", "",
                   "| space | precision@10 |", "|---|---|"]
         lines += [f"| {n} | {v:.3f} |" for n, v in metrics["label_precision@10"].items()]
+    if "tagging" in metrics:
+        lines += ["", *tagging_report(metrics["tagging"])]
     generation = metrics.get("generation")
     if generation and "not_evaluated" in generation:
         lines += ["", "## Generation", "", f"Not evaluated: {generation['not_evaluated']}"]

@@ -8,6 +8,7 @@ Stages (each prints its duration):
     embed     features -> each model's track vectors, Ray Data on an actor pool -> vectors/*.parquet;
               a track whose feature row and model runs are those of the previous snapshot keeps
               its vectors from there (a vector depends on nothing else), so only changes are embedded
+              (with a trained tagger, each row also holds the track's predicted tags)
     index     one nearest-neighbour index per model, built in parallel Ray tasks
     verify    manifest.json written, then the snapshot is loaded back and every count checked
     publish   <root>/embeddings/LATEST names the new snapshot (written last)
@@ -28,20 +29,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
 
 from musicray import snapshots, storage, workspace
 from musicray.catalog import CatalogError
-from musicray.embedding import INPUT_COLUMNS, TrackEmbedder, index_metric, latest_runs
-from musicray.schemas import parquet_files
+from musicray.embedding import INPUT_COLUMNS, TrackEmbedder, audio_runs, index_metric, latest_runs
+from musicray.schemas import current_feature_rows, rows_matching
+from musicray.tagging import latest_tagger_run, manifest_entry
 from ray_jobs.common import cluster_resources, exclusive, init_ray
-from ray_jobs.extract import ExtractReport, run_extract
+from ray_jobs.extract import ExtractReport, embed_audio, run_extract
 
 BATCH_SIZE = 1024  # tracks per inference batch: content vectors are ~1.3 KB a track
 
@@ -54,6 +53,7 @@ class RefreshReport:
     embedded: int = 0  # tracks = embedded + reused
     reused: int = 0
     models: dict = field(default_factory=dict)
+    tagger: dict | None = None  # the tagger run whose predicted tags the snapshot holds, and its columns
     published: bool = False
     pruned: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -80,7 +80,8 @@ def run_refresh(catalog: str, root: str, *, gpu: bool = False, keep: int = 3, ba
 def _refresh(catalog: str, root: str, gpu: bool, keep: int, batch_size: int,
              on_stage: Callable[[str, float], None] | None) -> RefreshReport:
     runs = latest_runs(root)  # read under the lock: the models as they are when this run starts
-    report = RefreshReport(snapshot_id=snapshots.new_snapshot_id())
+    tagger_run = latest_tagger_run(root)  # None before a tagger is trained: a snapshot without tags
+    report = RefreshReport(snapshot_id=snapshots.new_snapshot_id(), tagger=manifest_entry(root, tagger_run))
     sid = report.snapshot_id
 
     def stage(name: str, began: float) -> float:
@@ -91,19 +92,21 @@ def _refresh(catalog: str, root: str, gpu: bool, keep: int, batch_size: int,
 
     began = time.perf_counter()
     report.extract = run_extract(catalog, root, gpu=gpu)
+    for audio_run in sorted(audio_runs(root, runs)):  # the encoder runs the models read; extract embeds LATEST's
+        report.extract.audio_embedded += embed_audio(root, audio_run, gpu=gpu)
     began = stage("extract", began)
 
-    rows = _current_features(root)
+    rows = current_feature_rows(root)
     report.tracks = rows.num_rows
     if report.extract.total != report.tracks + report.extract.failed:
         raise RuntimeError(f"refresh would lose tracks: {report.summary()}; was {root} extracted from another "
                            f"catalog at the same time?")
-    previous, reusable = _reusable_vectors(root, runs, rows)
+    previous, reusable = _reusable_vectors(root, runs, tagger_run, rows)
     todo = rows.join(reusable, keys=KEY, join_type="left anti")
     report.embedded, report.reused = todo.num_rows, reusable.num_rows
     copies = _carry_over(previous, reusable, snapshots.vectors_dir(root, sid)) if reusable.num_rows else []
     if todo.num_rows:
-        _embed(root, sid, runs, todo, gpu, batch_size)
+        _embed(root, sid, runs, tagger_run, todo, gpu, batch_size)
     ray.get(copies)
     began = stage("embed", began)
 
@@ -119,7 +122,7 @@ def _refresh(catalog: str, root: str, gpu: bool, keep: int, batch_size: int,
 
     snapshots.write_manifest(root, sid, {
         "snapshot": sid, "created_at": datetime.now(timezone.utc).isoformat(), "tracks": report.tracks,
-        "files": files, "models": report.models,
+        "files": files, "models": report.models, "tagger": report.tagger,
         "catalog": {"source": str(catalog), "tracks": report.extract.total, "failed": report.extract.failed,
                     "fingerprint": _fingerprint(rows)},
         "extract": {"run_id": report.extract.run_id, "done": report.extract.done,
@@ -138,35 +141,11 @@ def _refresh(catalog: str, root: str, gpu: bool, keep: int, batch_size: int,
 KEY = ["track_id", "extracted_at"]  # a feature row; with the model runs, all a track's vectors depend on
 
 
-def _current_features(root: str) -> pa.Table:
-    """The current feature rows: track_id, content_hash, extracted_at and file of each.
-
-    Two extractions at once can leave a track twice; the newest row is the current one (as in
-    ``read_features``), and superseded rows (usually none) are left out of the snapshot.
-    """
-    files = parquet_files(workspace.features_dir(root))
-    if not files:
-        raise FileNotFoundError(f"the workspace {root} has no features: every track failed extraction")
-    fs, _ = storage.resolve(files[0])
-    parts = []
-    for fragment in pads.dataset([storage.resolve(f)[1] for f in files], filesystem=fs, format="parquet").get_fragments():
-        part = fragment.to_table(columns=["track_id", "content_hash", "extracted_at"])
-        parts.append(part.append_column("file", pa.array([fragment.path] * part.num_rows, pa.string())))
-    table = pa.concat_tables(parts)
-    table = table.sort_by([("track_id", "ascending"), ("extracted_at", "descending")])
-    ids = table.column("track_id")
-    first = pa.array([True] * len(ids), pa.bool_())
-    if len(ids) > 1:
-        later = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).combine_chunks()
-        first = pa.concat_arrays([pa.array([True]), later])
-    return table.filter(first)
-
-
-def _reusable_vectors(root: str, runs: dict[str, str],
+def _reusable_vectors(root: str, runs: dict[str, str], tagger_run: str | None,
                       rows: pa.Table) -> tuple[snapshots.Snapshot | None, pa.Table]:
     """The published snapshot and the ``KEY`` of each current row whose vectors it already holds.
 
-    Only a snapshot made by exactly the same model runs counts; after any retraining every track
+    Only a snapshot made by exactly the same model runs (and tagger run) counts; after any retraining every track
     is embedded again.
     """
     none = rows.select(KEY).slice(0, 0)
@@ -176,12 +155,14 @@ def _reusable_vectors(root: str, runs: dict[str, str],
         return None, none  # a broken publish is what this refresh replaces
     if previous is None or {n: m["run"] for n, m in previous.manifest["models"].items()} != runs:
         return None, none
+    if (previous.manifest.get("tagger") or {}).get("run") != tagger_run:
+        return None, none  # its rows carry another tagger's tags, or none
     if "extracted_at" not in previous.vector_columns():
         return None, none  # written before vectors carried their feature row's time
     return previous, rows.select(KEY).join(previous.vectors(KEY), keys=KEY, join_type="inner")
 
 
-def _embed(root: str, sid: str, runs: dict[str, str], todo: pa.Table, gpu: bool, batch_size: int) -> None:
+def _embed(root: str, sid: str, runs: dict[str, str], tagger_run: str | None, todo: pa.Table, gpu: bool, batch_size: int) -> None:
     cpus, gpus = cluster_resources()
     if gpu and gpus == 0:
         raise RuntimeError("--gpu was given but the Ray cluster has no GPU")
@@ -192,10 +173,11 @@ def _embed(root: str, sid: str, runs: dict[str, str], todo: pa.Table, gpu: bool,
     dataset = ray.data.read_parquet(files, filesystem=fs, include_paths=True).select_columns([*INPUT_COLUMNS, "path"])
     # Keyed by file too: two extractions can leave the same row, same time, in two files.
     wanted = todo.select(["track_id", "file"]).rename_columns(["track_id", "path"])
-    dataset = dataset.map_batches(_only, fn_kwargs={"wanted": wanted}, batch_format="pyarrow")
+    dataset = dataset.map_batches(rows_matching, fn_kwargs={"wanted": wanted}, batch_format="pyarrow")
     resources = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": 1}
     dataset = dataset.map_batches(
-        TrackEmbedder, fn_constructor_kwargs={"root": root, "runs": runs, "device": "cuda" if gpu else "cpu"},
+        TrackEmbedder, fn_constructor_kwargs={"root": root, "runs": runs, "device": "cuda" if gpu else "cpu",
+                                             "tagger_run": tagger_run},
         batch_size=batch_size, batch_format="pyarrow",
         compute=ActorPoolStrategy(min_size=1, max_size=max(1, min(gpus if gpu else cpus, batches))), **resources)
     dataset.write_parquet(out, filesystem=fs)
@@ -215,19 +197,11 @@ def _carry_over(previous: snapshots.Snapshot, reusable: pa.Table, out_dir: str) 
 
 def _copy_rows(source: str, target: str, wanted: pa.Table) -> None:
     fs, path = storage.resolve(source)
-    rows = _only(pq.read_table(path, filesystem=fs), wanted)
+    rows = rows_matching(pq.read_table(path, filesystem=fs), wanted)
     if rows.num_rows:
         buffer = pa.BufferOutputStream()
         pq.write_table(rows, buffer)
         storage.write_bytes(target, buffer.getvalue().to_pybytes())
-
-
-def _only(batch: pa.Table, wanted: pa.Table) -> pa.Table:
-    """The rows of ``batch`` that match a row of ``wanted`` on all of its columns, in batch order."""
-    # Joined on the key columns alone: Arrow joins cannot carry the vector (fixed-size list) columns.
-    keys = batch.select(wanted.column_names).append_column("row", pa.array(np.arange(batch.num_rows)))
-    rows = keys.join(wanted, keys=wanted.column_names, join_type="left semi").column("row").to_numpy()
-    return batch.take(np.sort(rows))
 
 
 def _fingerprint(rows: pa.Table) -> str:
@@ -264,6 +238,8 @@ def main(argv=None) -> int:
     for name, info in report.models.items():
         print(f"  {name:<12} run {info['run']}  dim {info['dim']}  {info['metric']}  "
               f"index recall@10 {info['recall_at_10']:.3f}  built in {info['build_seconds']:.1f} s")
+    if report.tagger:
+        print(f"  tagger       run {report.tagger['run']}  predicted tags: {', '.join(report.tagger['columns'])}")
     root = storage.normalize(args.root)
     if report.published:
         print(f"  published: {workspace.snapshot_pointer(root)} -> {report.snapshot_id}")

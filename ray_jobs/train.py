@@ -1,16 +1,22 @@
 """Train a model with Ray Train: DDP workers fed by Ray Data, a checkpoint every epoch.
 
-    python -m ray_jobs.train --model {lstm,rnn,dnn,autoencoder,generator,all} --root ROOT [--sessions LOG]
+    python -m ray_jobs.train --model {lstm,rnn,dnn,autoencoder,generator,audio,tagger,all} --root ROOT [--sessions LOG]
                              [--workers N] [--gpu] [--epochs E] [--run-name NAME] [--set FIELD=VALUE]
-                             [--lr LR] [--batch-size B] [--weight-decay WD] [--no-best-config]
+                             [--lr LR] [--batch-size B] [--weight-decay WD] [--no-best-config] [--tags COLUMN,...]
 
 Every model trains on the one engine (``ray_jobs/training.py``) through its task
 (``ray_jobs/tasks/``): the recommenders on a listening log (``--sessions``; ``all`` = the four of
-them, side by side), the generator on crops of the features' log-mels. After every epoch rank 0
+them, side by side), the generator on crops of the features' log-mels, the audio encoder on chunks
+of them (with the catalog's labels and, given ``--sessions``, co-listening); once it is published
+every track is embedded and the recommenders trained next take the embeddings as content. After every epoch rank 0
 validates on a held-out split (MRR@20 of the newest sessions; the generator's loss on held-out
 tracks), which picks the best checkpoint. Checkpoints live under ``<root>/models/<model>/<run>/``;
 the best one is copied to ``<run>/model/`` and ``<root>/models/<model>/LATEST`` names the run
 last. Re-running with the same ``--run-name`` resumes from the run's newest checkpoint.
+
+The tagger (``--model tagger``) learns the catalog's tag columns (``--tags genre,mood``; ``label`` by
+default) from each track's content vector, on the tracks' training split; it needs no listening log,
+and a catalog with nothing to learn (no such column, or one value only) stops it with one line.
 
 When ``musicray tune`` has written ``<root>/models/<model>/best_config.json``, its training
 settings and model config are the defaults; explicit flags override them, ``--no-best-config``
@@ -25,7 +31,7 @@ from dataclasses import fields
 
 import ray
 
-from models import GENERATORS, RECOMMENDERS, model_class
+from models import GENERATORS, MODELS, RECOMMENDERS, TAGGERS, model_class
 from musicray import storage, workspace
 from ray_jobs import tasks
 from ray_jobs.common import init_ray, parse_model_config, read_best_config
@@ -75,10 +81,11 @@ def run_trains(jobs: dict[str, tuple[Settings, dict]], root: str, sessions: str 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="musicray train", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, choices=[*RECOMMENDERS, *GENERATORS, "all"],
+    parser.add_argument("--model", required=True, choices=[*MODELS, "all"],
                         help="a model, or all = the four recommenders")
     parser.add_argument("--root", required=True, help="workspace root with extracted features")
-    parser.add_argument("--sessions", help="listening log (Parquet: user_id, track_id, ts); recommenders only")
+    parser.add_argument("--sessions", help="listening log (Parquet: user_id, track_id, ts); required by the "
+                                           "recommenders, optional for the audio encoder (co-listening)")
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
     parser.add_argument("--epochs", type=int, help=f"default {RecommenderSettings.epochs} ({GeneratorSettings.epochs} "
@@ -90,19 +97,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-failures", type=int, default=RecommenderSettings.max_failures)
     parser.add_argument("--full-softmax-max-tracks", type=int, default=RecommenderSettings.full_softmax_max_tracks)
+    parser.add_argument("--no-audio-embeddings", action="store_true",
+                        help="recommenders: content from the summary statistics alone, even with a trained audio encoder")
     parser.add_argument("--crop-frames", type=int, default=GeneratorSettings.crop_frames,
                         help="generator: training window in log-mel frames (43 per second)")
+    parser.add_argument("--tags", default="label", help="tagger: the catalog's tag columns, comma-separated "
+                                                       "(default label; the first selects checkpoints)")
     parser.add_argument("--run-name", help="re-use a name to resume that run")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="a model config field, e.g. --set dim=128 (repeatable)")
     parser.add_argument("--no-best-config", action="store_true",
                         help="ignore <root>/models/<model>/best_config.json (written by musicray tune)")
     args = parser.parse_args(argv)
-    if args.model not in GENERATORS and not args.sessions:
+    if (args.model in RECOMMENDERS or args.model == "all") and not args.sessions:
         parser.error(f"--sessions is required to train {args.model!r}")
     given = [v for v in (args.epochs, args.batch_size) if v is not None]
     if min([args.workers, args.crop_frames, *given]) < 1:
         parser.error("--workers, --epochs, --batch-size and --crop-frames must be >= 1")
+    args.tags = tuple(dict.fromkeys(c.strip() for c in args.tags.split(",") if c.strip()))
+    if not args.tags:
+        parser.error("--tags names no column")
     args.model_config = parse_model_config(parser, args.set)
     return args
 
@@ -124,8 +138,11 @@ def configure(args: argparse.Namespace, model: str):
     settings_class = tasks.settings_class(model)
     if model in GENERATORS:
         common["crop_frames"] = args.crop_frames
-    else:
+    elif model in TAGGERS:
+        common["tags"] = args.tags
+    elif model in RECOMMENDERS:
         common["full_softmax_max_tracks"] = args.full_softmax_max_tracks
+        common["audio_embeddings"] = not args.no_audio_embeddings
     searched = dict(best["train"]) if best else {}
     unknown = sorted(set(searched) - {f.name for f in fields(settings_class)})
     if unknown:

@@ -1,8 +1,8 @@
 """Hyperparameter search with Ray Tune for every model type: Optuna proposes, ASHA stops early.
 
-    python -m ray_jobs.tune --model {lstm,rnn,dnn,autoencoder,generator} --root ROOT [--sessions LOG]
+    python -m ray_jobs.tune --model {lstm,rnn,dnn,autoencoder,generator,tagger} --root ROOT [--sessions LOG]
                             --samples N [--epochs E] [--gpu [--gpu-share F]] [--workers W] [--name NAME]
-                            [--seed S] [--set FIELD=VALUE ...]
+                            [--seed S] [--set FIELD=VALUE ...] [--tags COLUMN,...]
 
 The model's task is prepared once (``ray_jobs.tasks.prepare``: data, shared inputs, Ray Data
 rows); each trial is a function that takes that task with its sampled config (``task.with_config``),
@@ -11,7 +11,8 @@ run's ``TuneReportCallback`` passes every epoch's metrics to Tune. The search sp
 each model's config (``SEARCH_SPACE`` in ``models/<model>.py``): model config fields and training
 settings (lr, batch size, weight decay). ASHA stops trials whose validation metric lags at each
 rung, the metric the task selects its checkpoints on: val MRR@20 for the recommenders, the
-validation loss (nats per frame) for the generator.
+validation loss (nats per frame) for the generator, the validation macro-F1 of the first tag column
+(``--tags``, default ``label``) for the tagger.
 
 Resources: a trial's function only drives its Train run, so it reserves memory and no CPU; the
 run's workers take one CPU each (and ``--gpu-share`` of a GPU with ``--gpu``), and
@@ -46,7 +47,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from models import MODELS, RECOMMENDERS, SEARCH_SPACES, model_class
+from models import MODELS, RECOMMENDERS, SEARCH_SPACES, TAGGERS, model_class
 from musicray import plots, storage, workspace
 from ray_jobs import tasks
 from ray_jobs.common import cluster_resources, init_ray, parse_model_config
@@ -158,11 +159,12 @@ class SearchOutcome:
 
 def run_tune(model: str, root: str, sessions: str | None, *, samples: int, name: str | None = None,
              epochs: int = 6, workers: int = 1, gpu: bool = False, gpu_share: float = 1.0, seed: int = 0,
-             fixed: dict | None = None, scheduler: str = "asha", grace_period: int = 1, reduction_factor: int = 2,
+             fixed: dict | None = None, tags: list[str] | None = None, scheduler: str = "asha", grace_period: int = 1, reduction_factor: int = 2,
              configs: list[dict] | None = None, max_concurrent: int | None = None, publish: bool = True,
              callbacks: list | None = None, progress=print) -> SearchOutcome:
     """Run (or resume) a search; write its report and, with ``publish``, the model's best_config.json.
 
+    ``tags`` are the tagger's tag columns (None: its default, ``label``).
     ``configs`` replaces the Optuna search with exactly these configs (the benchmark's fixed list);
     ``callbacks`` are Tune callbacks of a new search (the tests interrupt one with them); Tune keeps them
     with the search, so a restored search runs the ones it started with.
@@ -175,6 +177,8 @@ def run_tune(model: str, root: str, sessions: str | None, *, samples: int, name:
                          "and --gpu-share in (0, 1]")
     if model in RECOMMENDERS and not sessions:
         raise ValueError(f"a listening log (--sessions) is required to tune {model!r}")
+    if tags and model not in TAGGERS:
+        raise ValueError(f"--tags names the tagger's tag columns; {model!r} has none")
     root = storage.normalize(root)
     name = name or f"{model}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
     fixed = dict(fixed or {})
@@ -183,7 +187,7 @@ def run_tune(model: str, root: str, sessions: str | None, *, samples: int, name:
     search_file = storage.join(experiment_uri, "search.json")
     arguments = {"model": model, "sessions": sessions, "samples": samples, "epochs": epochs, "seed": seed,
                  "fixed": fixed, "scheduler": scheduler, "grace_period": grace_period,
-                 "reduction_factor": reduction_factor,
+                 "reduction_factor": reduction_factor, "tags": list(tags) if tags else None,
                  "search": "optuna" if configs is None else f"{len(configs)} given configs"}
     resumed = ray.tune.Tuner.can_restore(experiment_path, storage_filesystem=fs)
     if resumed:  # the search's own arguments apply, so its trials stay comparable
@@ -198,10 +202,12 @@ def run_tune(model: str, root: str, sessions: str | None, *, samples: int, name:
         arguments.update(started)
         sessions, samples, epochs, seed, fixed = (arguments[k] for k in ("sessions", "samples", "epochs", "seed",
                                                                           "fixed"))
+        tags = arguments.get("tags")
     metric, mode = tasks.metric(model)
 
     init_ray()
-    settings = tasks.settings_class(model)(epochs=epochs, seed=seed, workers=workers, gpu=gpu, max_failures=1)
+    settings = tasks.settings_class(model)(epochs=epochs, seed=seed, workers=workers, gpu=gpu, max_failures=1,
+                                           **({"tags": tuple(tags)} if tags else {}))
     prepared = tasks.prepare(model, root, sessions=sessions, settings=settings, model_config=fixed)
     scaling = ScalingConfig(num_workers=workers, use_gpu=gpu,
                             resources_per_worker={"CPU": 1, "GPU": gpu_share} if gpu else None)
@@ -351,8 +357,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="fix a model config field instead of searching it (repeatable)")
+    parser.add_argument("--tags", help="tagger: the catalog's tag columns, comma-separated (default label)")
     args = parser.parse_args(argv)
     args.fixed = parse_model_config(parser, args.set)
+    args.tags = [c.strip() for c in args.tags.split(",") if c.strip()] if args.tags else None
     return args
 
 
@@ -361,7 +369,7 @@ def main(argv=None) -> int:
     try:
         outcome = run_tune(args.model, args.root, args.sessions, samples=args.samples, name=args.name,
                            epochs=args.epochs, workers=args.workers, gpu=args.gpu, gpu_share=args.gpu_share,
-                           seed=args.seed, fixed=args.fixed, grace_period=args.grace_period,
+                           seed=args.seed, fixed=args.fixed, tags=args.tags, grace_period=args.grace_period,
                            reduction_factor=args.reduction_factor)
     except (ValueError, FileNotFoundError) as error:
         print(f"musicray tune: error: {error}", file=sys.stderr)

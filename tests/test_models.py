@@ -1,12 +1,15 @@
-"""The recommenders as plain PyTorch: registry, shapes, causality, cold start, learning, files."""
+"""The models as plain PyTorch: registry, shapes, causality, cold start, learning, files; the tagger's heads."""
 
+import numpy as np
 import pytest
 import torch
 
 from models import RECOMMENDERS, build
 from models.losses import NegativeSampler, NextTrackObjective
 from models.modules import fit_standardizers
+from models.tagger import TaggerObjective
 from musicray.checkpoints import read_model_files, write_model_files
+from musicray.tagging import tag_metrics
 
 N_TRACKS, CONTENT_DIM = 40, 12
 
@@ -100,3 +103,64 @@ def test_checkpoint_files_load_with_weights_only(tmp_path):
     assert meta["epoch"] == 3 and meta["config"]["n_ids"] == N_TRACKS and vocabulary[0] == "t0"
     model.eval()
     torch.testing.assert_close(loaded.track_vectors(content, ids), model.track_vectors(content, ids))
+
+
+def tagged_tracks(n: int, seed: int):
+    """Content whose first features decide a 4-value genre and three independent instruments."""
+    torch.manual_seed(seed)
+    content = torch.randn(n, CONTENT_DIM)
+    genre = (content[:, 0] > 0).long() + 2 * (content[:, 1] > 0).long()
+    instruments = torch.stack([content[:, 2] > 0, content[:, 3] > 0.5, content[:, 2] < -0.5], dim=1).float()
+    return content, genre, instruments
+
+
+TAG_HEADS = [{"column": "genre", "kind": "categorical", "values": ["a", "b", "c", "d"]},
+             {"column": "instrument", "kind": "multi-label", "values": ["piano", "drums", "strings"]}]
+
+
+def test_the_tagger_learns_both_kinds_of_tags_and_ignores_untagged_tracks(tmp_path):
+    content, genre, instruments = tagged_tracks(160, seed=0)
+    genre[::5] = -1  # every fifth track has no genre, every fourth from the second no instruments
+    instruments[1::4] = -1.0
+    model = build("tagger", content_dim=CONTENT_DIM, hidden=64, tags=TAG_HEADS)
+    fit_standardizers(model, content)
+    objective = TaggerObjective(model)
+    model.eval()
+    untagged = 5  # in neither column: its content changes nothing
+    moved = content.clone()
+    moved[untagged] += 100.0
+    torch.testing.assert_close(objective(moved, genre, instruments), objective(content, genre, instruments))
+
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(150):
+        loss = objective(content, genre, instruments)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+
+    fresh, fresh_genre, fresh_instruments = tagged_tracks(300, seed=1)  # tracks it never saw
+    model.eval()
+    genre_probabilities, instrument_probabilities = (p.numpy() for p in model.probabilities(fresh))
+    assert np.allclose(genre_probabilities.sum(1), 1.0, atol=1e-5)
+    genre_scores = tag_metrics("categorical", fresh_genre.numpy(), genre_probabilities)
+    instrument_scores = tag_metrics("multi-label", fresh_instruments.numpy(), instrument_probabilities)
+    assert genre_scores["accuracy"] > 0.8 and genre_scores["macro_F1"] > 0.8 and genre_scores["ROC_AUC"] > 0.9
+    assert instrument_scores["macro_F1"] > 0.8 and instrument_scores["ROC_AUC"] > 0.9  # chance: ~0.5
+
+    write_model_files(str(tmp_path), "tagger", model, [])
+    loaded, _, meta = read_model_files(str(tmp_path))
+    assert meta["config"]["tags"] == TAG_HEADS
+    torch.testing.assert_close(loaded.probabilities(fresh)[1], model.probabilities(fresh)[1])
+
+
+def test_a_tagger_config_names_what_is_wrong():
+    with pytest.raises(ValueError, match="at least one tag column"):
+        build("tagger", tags=[])
+    with pytest.raises(ValueError, match="kind must be one of"):
+        build("tagger", tags=[{"column": "mood", "kind": "ordinal", "values": ["calm", "lively"]}])
+    with pytest.raises(ValueError, match="'mood' has 1 value"):
+        build("tagger", tags=[{"column": "mood", "kind": "categorical", "values": ["calm"]}])

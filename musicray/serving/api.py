@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException
 from musicray.serving.errors import ClientError
 from musicray.serving.generate import AUDIO_MEDIA_TYPES, GenerateRequest, GenerateService
 from musicray.serving.recommend import MAX_K, Neighbours, Recommendation, RecommendRequest, RecommendService
+from musicray.serving.tags import parse_tag_params, request_filters
 
 VERSION = "0.1.0"
 FORM_OVERHEAD_BYTES = 64 * 1024  # room beside the upload for the form's other fields and boundaries
@@ -105,7 +106,8 @@ def _with_health_routes(app: FastAPI, service: RecommendService | GenerateServic
 
 
 _ERRORS = {404: {"description": "unknown track id (named in the body)"},
-           422: {"description": "invalid request: malformed JSON, empty history, k out of range, unknown model"}}
+           422: {"description": "invalid request: malformed JSON, empty history, k out of range, unknown model, "
+                                "unknown tag column or value (the known ones listed)"}}
 
 
 def recommend_api(service: RecommendService) -> FastAPI:
@@ -122,13 +124,18 @@ def recommend_api(service: RecommendService) -> FastAPI:
 
     @app.get("/similar/{track_id}", response_model=Neighbours, responses=_ERRORS)
     async def similar(track_id: str = Path(...), k: int = Query(10, ge=1, le=MAX_K),
-                      model: str | None = Query(None, description="default: autoencoder (sound-alike)")):
-        """The tracks nearest to one track in a model's space, from the snapshot's index."""
-        return service.similar(track_id, k, model)
+                      model: str | None = Query(None, description="default: autoencoder (sound-alike)"),
+                      label: str | None = Query(None, description="only tracks with this label (catalog, else predicted)"),
+                      mood: str | None = Query(None, description="only tracks with this mood (catalog, else predicted)"),
+                      tag: list[str] = Query([], description="column:value, e.g. instrument:piano (repeatable)")):
+        """The tracks nearest to one track in a model's space, from the snapshot's index, optionally only
+        those with the given tags."""
+        return service.similar(track_id, k, model, request_filters(label, mood, parse_tag_params(tag)))
 
     @app.get("/tracks/{track_id}", responses=_ERRORS)
     async def track(track_id: str):
-        """A served track's catalog metadata, and which models saw it played."""
+        """A served track's catalog metadata, which models saw it played, and its tags: the catalog's and
+        the tagger's predictions with their probabilities."""
         return service.track(track_id)
 
     return _with_health_routes(app, service, "recommend", "The snapshot and the model runs being served.")

@@ -24,6 +24,7 @@ from musicray.scoring import session_queries
 from musicray.sessions import MAX_PREFIX, EncodedHistories, encode_histories, pad
 from musicray.serving.errors import ClientError, unknown_tracks
 from musicray.serving.follower import DEFAULT_POLL_SECONDS, Follower
+from musicray.serving.tags import ServedTags, request_filters
 
 MAX_K = 100
 MAX_HISTORY = 500  # tracks a request may send; the models read the last MAX_PREFIX of them
@@ -43,7 +44,11 @@ class RecommendRequest(BaseModel):
     context: Context | None = None
     k: int = Field(10, ge=1, le=MAX_K, description="how many tracks to return")
     model: str | None = Field(None, description="lstm, rnn, dnn or autoencoder (default: the app's)")
-    label: str | None = Field(None, description="only tracks with this catalog label (genre / mood)")
+    label: str | None = Field(None, description="only tracks with this label: the catalog's, or the tagger's "
+                                                "prediction for a track the catalog leaves unlabelled")
+    mood: str | None = Field(None, description="only tracks with this mood (catalog, else predicted, as label)")
+    tags: dict[str, str] | None = Field(None, description="only tracks with these tags, {column: value}, e.g. "
+                                                          "{\"instrument\": \"piano\"} (catalog, else predicted)")
     exclude_played: bool = Field(True, description="leave the history's own tracks out")
 
 
@@ -53,6 +58,7 @@ class RankedTrack(BaseModel):
                                      "for the autoencoder)")
     cold: bool = Field(description="nobody had played the track when the model trained: ranked from its audio")
     label: str | None = None
+    label_predicted: bool = Field(False, description="the catalog gives the track no label: label is the tagger's")
     closest_in_history: str = Field(description="the history track most like this one: why it was recommended")
 
 
@@ -88,15 +94,15 @@ class RecommendState:
     track_ids: list[str]
     position: dict[str, int]
     metadata: dict[str, dict]  # track id -> catalog columns (label, title, ...); uri left out
-    labels: np.ndarray  # (N,) object: each track's label or None
-    label_set: frozenset[str]
     device: torch.device
+    tags: ServedTags  # each track's tags per column, the catalog's or else the tagger's
     loaded_at: float = field(default_factory=time.time)
 
     def version(self) -> dict:
         return {"snapshot": self.snapshot.id, "snapshot_created_at": self.snapshot.manifest.get("created_at"),
                 "tracks": len(self.track_ids),
-                "models": {name: served.trained.run_id for name, served in self.models.items()}}
+                "models": {name: served.trained.run_id for name, served in self.models.items()},
+                "tagger": self.tags.tagger_run}
 
 
 def snapshot_pointer(root: str) -> str | None:
@@ -119,12 +125,10 @@ def load_recommend_state(root: str, snapshot_id: str | None, device: str = "cpu"
         vocabulary = set(trained.vocabulary)
         models[name] = ServedModel(trained, snapshot.index(name), torch.from_numpy(vectors.copy()).to(device),
                                    np.array([t in vocabulary for t in track_ids]), info.get("metric", "ip"))
-    catalog_table = catalog.read_catalog(root)  # one read for the metadata and the labels
+    catalog_table = catalog.read_catalog(root)  # one read for the metadata and the tags
     metadata = {t: columns for t, columns in catalog.track_metadata(catalog_table).items() if t in position}
-    labels_by_track = catalog.track_labels(catalog_table)
-    labels = np.array([labels_by_track.get(t) for t in track_ids], dtype=object)
-    return RecommendState(root, snapshot, models, track_ids, position, metadata, labels,
-                          frozenset(label for label in labels if label is not None), torch.device(device))
+    tags = ServedTags.load(root, snapshot, table, track_ids, catalog_table)
+    return RecommendState(root, snapshot, models, track_ids, position, metadata, torch.device(device), tags)
 
 
 def check_recommend_request(state: RecommendState, request: RecommendRequest, default_model: str) -> str:
@@ -134,10 +138,7 @@ def check_recommend_request(state: RecommendState, request: RecommendRequest, de
     unknown = sorted({t for t in request.history if t not in state.position})
     if unknown:
         raise unknown_tracks(unknown, f"snapshot {state.snapshot.id}")
-    if request.label is not None and request.label not in state.label_set:
-        known = sorted(state.label_set)
-        raise ClientError(422, "unknown_label", f"unknown label {request.label!r}; the catalog's labels: "
-                                                f"{', '.join(known) or 'none (no label column)'}", labels=known)
+    state.tags.check(request_filters(request.label, request.mood, request.tags))
     return name
 
 
@@ -175,18 +176,19 @@ def _recommend_group(state: RecommendState, name: str, requests: list[RecommendR
         queries = torch.nn.functional.normalize(queries, dim=-1)
     queries = queries.cpu().numpy()
     excluded = [set(h) if r.exclude_played else set() for h, r in zip(histories, requests)]
-    fetches = [_first_fetch(len(state.track_ids), r.k, len(e), r.label) for r, e in zip(requests, excluded)]
+    filters = [request_filters(r.label, r.mood, r.tags) for r in requests]
+    fetches = [_first_fetch(len(state.track_ids), r.k, len(e), bool(f)) for r, e, f in zip(requests, excluded, filters)]
     found = served.index.query(queries, k=max(fetches), num_threads=1)  # one index call for the batch
     answers = []
     for row, request in enumerate(requests):
-        positions, scores = _top_tracks(state, served, queries[row], request.k, excluded[row], request.label,
+        positions, scores = _top_tracks(state, served, queries[row], request.k, excluded[row], filters[row],
                                         fetches[row], (found[0][row], found[1][row]))
         # Why: the history track whose vector is closest to each recommended track's.
         closest = (history_vectors[row, : lengths[row]] @ served.vectors[positions].T).argmax(0).tolist()
         answers.append(Recommendation(
             user_id=request.user_id, model=name, run=served.trained.run_id, snapshot=state.snapshot.id,
             tracks=[RankedTrack(track_id=state.track_ids[p], score=float(s), cold=not served.played[p],
-                                label=state.labels[p], closest_in_history=state.track_ids[histories[row][c]])
+                                **_label(state, p), closest_in_history=state.track_ids[histories[row][c]])
                     for p, s, c in zip(positions, scores, closest)]))
     return answers
 
@@ -207,14 +209,19 @@ def _context(request: RecommendRequest, field_name: str) -> int:
     return -1 if value is None else value  # -1 embeds to zero: "unknown"
 
 
-def _first_fetch(total: int, k: int, excluded: int, label: str | None) -> int:
+def _first_fetch(total: int, k: int, excluded: int, filtered: bool) -> int:
     """How many results to ask the index for so that k are likely left after filtering."""
-    return min(total, k + excluded) if label is None else min(total, 4 * (k + excluded))
+    return min(total, 4 * (k + excluded)) if filtered else min(total, k + excluded)
+
+
+def _label(state: RecommendState, position: int) -> dict:
+    label, predicted = state.tags.label(position)
+    return {"label": label, "label_predicted": predicted}
 
 
 def _top_tracks(state: RecommendState, served: ServedModel, query: np.ndarray, k: int, excluded: set[int],
-                label: str | None, fetch: int, found: tuple[list[str], np.ndarray]) -> tuple[list[int], list[float]]:
-    """The k best catalog positions for a query, skipping ``excluded`` and other labels.
+                filters: dict[str, str], fetch: int, found: tuple[list[str], np.ndarray]) -> tuple[list[int], list[float]]:
+    """The k best catalog positions for a query, skipping ``excluded`` and tracks without the ``filters``' tags.
 
     ``found`` is the index's answer for the ``fetch`` best (or more); when filtering leaves fewer
     than k, the index is asked again for twice as many, until the whole catalog was asked.
@@ -223,7 +230,7 @@ def _top_tracks(state: RecommendState, served: ServedModel, query: np.ndarray, k
     ids, scores = found
     while True:
         kept = [(state.position[t], float(s)) for t, s in zip(ids, scores)
-                if state.position[t] not in excluded and (label is None or state.labels[state.position[t]] == label)]
+                if state.position[t] not in excluded and state.tags.matches(state.position[t], filters)]
         if len(kept) >= k or len(ids) >= total:
             kept = kept[:k]
             return [p for p, _ in kept], [s for _, s in kept]
@@ -231,15 +238,26 @@ def _top_tracks(state: RecommendState, served: ServedModel, query: np.ndarray, k
         ids, scores = served.index.query(query, k=fetch, num_threads=1)
 
 
-def similar_tracks(state: RecommendState, track_id: str, k: int, model: str) -> Neighbours:
+def similar_tracks(state: RecommendState, track_id: str, k: int, model: str,
+                   filters: dict[str, str] | None = None) -> Neighbours:
+    """The k tracks nearest to ``track_id`` in a model's index; with ``filters``, only tracks with those tags
+    (the index is asked for more until k are found or the whole catalog was asked)."""
     _check_model(state, model)
     if track_id not in state.position:
         raise unknown_tracks([track_id], f"snapshot {state.snapshot.id}")
-    served = state.models[model]
-    ids, scores = served.index.neighbours(track_id, k=k)
+    filters = filters or {}
+    state.tags.check(filters)
+    served, others = state.models[model], len(state.track_ids) - 1
+    fetch = min(others, 4 * k) if filters else min(others, k)
+    while True:
+        ids, scores = served.index.neighbours(track_id, k=max(fetch, 1))
+        kept = [(t, s) for t, s in zip(ids, scores) if state.tags.matches(state.position[t], filters)]
+        if len(kept) >= k or fetch >= others:
+            break
+        fetch = min(others, 2 * fetch)
     return Neighbours(track_id=track_id, model=model, snapshot=state.snapshot.id, tracks=[
         {"track_id": t, "score": float(s), "cold": not served.played[state.position[t]],
-         "label": state.labels[state.position[t]]} for t, s in zip(ids, scores)])
+         **_label(state, state.position[t])} for t, s in kept[:k]])
 
 
 def track_info(state: RecommendState, track_id: str) -> dict:
@@ -247,7 +265,8 @@ def track_info(state: RecommendState, track_id: str) -> dict:
         raise unknown_tracks([track_id], f"snapshot {state.snapshot.id}")
     p = state.position[track_id]
     return {"track_id": track_id, "snapshot": state.snapshot.id, **state.metadata.get(track_id, {}),
-            "played_in_training": {name: bool(served.played[p]) for name, served in state.models.items()}}
+            "played_in_training": {name: bool(served.played[p]) for name, served in state.models.items()},
+            "tags": state.tags.describe(p), "tagger_run": state.tags.tagger_run}
 
 
 Forward = Callable[[tuple[RecommendState, str, RecommendRequest]], Awaitable[Recommendation]]
@@ -274,11 +293,11 @@ class RecommendService:
         name = check_recommend_request(state, request, self.default_model)
         return await self.forward((state, name, request))
 
-    def similar(self, track_id: str, k: int, model: str | None) -> Neighbours:
+    def similar(self, track_id: str, k: int, model: str | None, filters: dict[str, str] | None = None) -> Neighbours:
         state = self.follower.state
         # "More like this" is a question about sound: the autoencoder's space when it is served.
         return similar_tracks(state, track_id, k, model or ("autoencoder" if "autoencoder" in state.models
-                                                             else self.default_model))
+                                                             else self.default_model), filters)
 
     def track(self, track_id: str) -> dict:
         return track_info(self.follower.state, track_id)

@@ -7,14 +7,14 @@ trial of a search (``musicray tune``, through ``task.with_config``).
 
 from __future__ import annotations
 
-from models import GENERATORS, RECOMMENDERS, model_class
-from ray_jobs.tasks import generator, recommender
+from models import ENCODERS, GENERATORS, RECOMMENDERS, TAGGERS, model_class
+from ray_jobs.tasks import audio, generator, recommender, tagger
 from ray_jobs.training import Prepared, Settings
 
 
 def _task_module(model: str):
     model_class(model)  # an unknown name fails here, before any work
-    return generator if model in GENERATORS else recommender
+    return generator if model in GENERATORS else tagger if model in TAGGERS else audio if model in ENCODERS else recommender
 
 
 def settings_class(model: str) -> type[Settings]:
@@ -34,6 +34,10 @@ def prepare(model: str, root: str, *, sessions: str | None = None, settings: Set
     settings = settings or settings_class(model)()
     if model in RECOMMENDERS:
         return recommender.prepare(model, root, sessions, settings, model_config)
+    if model in TAGGERS:
+        return tagger.prepare(root, settings, model_config, progress)
+    if model in ENCODERS:
+        return audio.prepare(root, sessions, settings, model_config, progress)
     return generator.prepare(root, settings, model_config, run_uri, progress)
 
 
