@@ -257,7 +257,8 @@ def listening_sessions(tracks: Sequence[ListenedTrack], users: int, seed: int,
     """(sessions_train, sessions_test, cold track ids) for ``users`` listeners of ``tracks`` (module doc).
 
     A pure function of its arguments, the order of ``tracks`` included. Every style in ``styles``
-    needs a track, and every track a style of ``styles``; track ids must be unique.
+    needs a track, and every track a style of ``styles``; track ids must be unique, and at least two
+    tracks must be left once the cold ones are taken out (a track never follows itself).
 
     Raises:
         ValueError: naming the track, style or argument that breaks those rules.
@@ -273,6 +274,9 @@ def listening_sessions(tracks: Sequence[ListenedTrack], users: int, seed: int,
         raise ValueError(f"styles without tracks: {', '.join(empty)}")
     if len({t.track_id for t in tracks}) != len(tracks):
         raise ValueError("track ids must be unique")
+    if len(tracks) - round(styles.cold_share * len(tracks)) < 2:  # a track never follows itself
+        raise ValueError(f"tracks: at least two must be available before the cutoff, got {len(tracks)} tracks "
+                         f"with a cold share of {styles.cold_share}")
 
     peaks = np.array([styles.peak_hours[name] for name in styles.styles], dtype=float)
     style = np.array([index[t.style] for t in tracks])
