@@ -3,7 +3,8 @@
     musicray quickstart [--full] [--demo ./demo] [--root ./workspace] [--verbose] [--tracks N ...]
 
 The demo catalog is written, its features extracted, the audio encoder trained (every track
-embedded), the four recommenders trained on those embeddings and the summary statistics, a small
+embedded), the four recommenders trained on those embeddings and the summary statistics (the
+tagger beside them, on the demo's labels), a small
 LSTM search run (ASHA), the music generator trained and a clip generated, everything
 evaluated against the baselines, the first embedding snapshot published, and the snapshot
 served with Ray Serve: one recommendation and one generation request, answers printed.
@@ -33,9 +34,9 @@ from musicray import storage, workspace
 
 # The brief run and --full; explicit flags override either.
 PROFILES = {
-    "quick": dict(tracks=128, users=200, seconds=20.0, audio_epochs=4, epochs=5, tune_samples=2, tune_epochs=2,
+    "quick": dict(tracks=128, users=200, seconds=20.0, audio_epochs=4, epochs=5, tagger_epochs=10, tune_samples=2, tune_epochs=2,
                   generator_epochs=2, generator_crops=1, generation_tracks=4),
-    "full": dict(tracks=300, users=500, seconds=30.0, audio_epochs=8, epochs=12, tune_samples=4, tune_epochs=2,
+    "full": dict(tracks=300, users=500, seconds=30.0, audio_epochs=8, epochs=12, tagger_epochs=30, tune_samples=4, tune_epochs=2,
                  generator_epochs=3, generator_crops=2, generation_tracks=16),
 }
 MARKER = "quickstart.json"  # in the demo folder and in the workspace: the arguments they were made with
@@ -184,12 +185,17 @@ def stage_train(args, console, progress) -> str:
     from models import RECOMMENDERS
     from ray_jobs.common import EpochProgress
     from ray_jobs.tasks.recommender import RecommenderSettings
+    from ray_jobs.tasks.tagger import TaggerSettings
     from ray_jobs.train import run_trains
 
-    jobs = {name: (RecommenderSettings(epochs=args.epochs), {}) for name in RECOMMENDERS}
+    # The tagger trains beside them on the demo's labels, so the snapshot holds predicted tags.
+    jobs = {**{name: (RecommenderSettings(epochs=args.epochs), {}) for name in RECOMMENDERS},
+            "tagger": (TaggerSettings(epochs=args.tagger_epochs), {})}
     results = run_trains(jobs, args.root, _demo_file(args, "sessions_train.parquet"),
                          callbacks=[EpochProgress(progress)])
-    return ", ".join(f"{r.model} {r.best['val_MRR@20']:.3f}" for r in results) + " val MRR@20"
+    *recommenders, tagger = results
+    return (", ".join(f"{r.model} {r.best['val_MRR@20']:.3f}" for r in recommenders) + " val MRR@20; "
+            f"tagger label val macro-F1 {tagger.best['val_macro_F1']:.3f}")
 
 
 def stage_tune(args, console, progress) -> str:
@@ -316,7 +322,7 @@ def stages(args) -> list[tuple[str, object, int, str]]:
         ("demo-data", stage_demo_data, args.tracks, "tracks"),
         ("extract", stage_extract, args.tracks, "tracks"),
         ("audio", stage_audio, args.audio_epochs, "epochs"),
-        ("train", stage_train, len(RECOMMENDERS) * args.epochs, "epochs"),
+        ("train", stage_train, len(RECOMMENDERS) * args.epochs + args.tagger_epochs, "epochs"),
         ("tune", stage_tune, args.tune_samples * args.tune_epochs, "trial-epochs"),
         ("generate", stage_generate, args.generator_epochs + 1, "steps"),  # the epochs, then the clip
         ("evaluate", stage_evaluate, 1, "report"),
@@ -343,6 +349,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, help=f"length of each demo track (default {quick['seconds']:g})")
     parser.add_argument("--audio-epochs", type=int, help=f"training epochs of the audio encoder (default {quick['audio_epochs']})")
     parser.add_argument("--epochs", type=int, help=f"training epochs per recommender (default {quick['epochs']})")
+    parser.add_argument("--tagger-epochs", type=int, help=f"training epochs of the tagger (default {quick['tagger_epochs']})")
     parser.add_argument("--tune-samples", type=int, help=f"trials of the LSTM search (default {quick['tune_samples']})")
     parser.add_argument("--tune-epochs", type=int, help=f"most epochs per search trial (default {quick['tune_epochs']})")
     parser.add_argument("--generator-epochs", type=int,
