@@ -52,6 +52,9 @@ def main(argv=None) -> None:
     parser.add_argument("--audio-epochs", type=int, default=AudioSettings.epochs, help="audio encoder epochs")
     args = parser.parse_args(argv)
     folder = Path(args.catalog)
+    missing = [n for n in ("catalog.parquet", "sessions_train.parquet", "sessions_test.parquet") if not (folder / n).is_file()]
+    if missing:
+        parser.error(f"--catalog {folder} lacks {', '.join(missing)}")
     root = storage.normalize(args.root or str(folder / "workspace"))
     train_log, test_log = str(folder / "sessions_train.parquet"), str(folder / "sessions_test.parquet")
     init_ray()

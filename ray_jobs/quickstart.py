@@ -362,6 +362,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, value in PROFILES["full" if args.full else "quick"].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    too_small = [f"--{key.replace('_', '-')} {getattr(args, key)}" for key in PROFILES["quick"]
+                 if getattr(args, key) < (0 if key == "generation_tracks" else 1)]
+    if too_small:
+        parser.error(f"{', '.join(too_small)}: every size and count must be at least 1 (--generation-tracks 0 "
+                     f"skips the generation evaluation)")
     args.root = storage.normalize(args.root)
     if args.log is None and not args.verbose:  # a local file: beside the report, unless the workspace is on S3
         args.log = "quickstart.log" if storage.is_s3(args.root) else workspace.reports_dir(args.root, "quickstart", "quickstart.log")

@@ -151,6 +151,17 @@ def train_loop_per_worker(config: dict) -> None:
             hook.after_epoch(epoch, rank)
 
 
+def shuffled_batches(shard, settings: Settings, epoch: int, *, device: torch.device | None = None,
+                     buffer_batches: int = 4):
+    """One epoch of a worker's shard in an order fixed by the seed and the epoch, so a resumed run sees
+    the batches it would have seen: long tensors on ``device``, or numpy batches without one."""
+    common = dict(batch_size=settings.batch_size, local_shuffle_buffer_size=buffer_batches * settings.batch_size,
+                  local_shuffle_seed=settings.seed + epoch)
+    if device is not None:
+        return shard.iter_torch_batches(dtypes=torch.long, device=device, **common)
+    return shard.iter_batches(batch_format="numpy", **common)
+
+
 def train_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[tuple],
                 settings: Settings, model: nn.Module, averaged: nn.Module) -> float:
     """One pass over ``batches``: step, clip, and update the weight average; the mean loss.

@@ -64,6 +64,10 @@ def test_profiles_and_explicit_flags():
     assert quickstart.parse_args(["--full", "--epochs", "3"]).epochs == 3
     assert full.log.endswith("reports/quickstart/quickstart.log")
     assert quickstart.parse_args(["--verbose"]).log is None
+    for bad in (["--tagger-epochs", "0"], ["--tracks", "-1"], ["--full", "--generation-tracks", "-1"]):
+        with pytest.raises(SystemExit):
+            quickstart.parse_args(bad)
+    assert quickstart.parse_args(["--generation-tracks", "0"]).generation_tracks == 0
 
 
 def test_progress_counts_what_tasks_and_copies_add(ray_cluster):

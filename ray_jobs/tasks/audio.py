@@ -35,7 +35,7 @@ from musicray.schemas import parquet_files, read_features
 from musicray.sessions import load_log
 from musicray.splits import train_validation_test
 from ray_jobs.common import init_ray
-from ray_jobs.training import Prepared, Settings
+from ray_jobs.training import Prepared, Settings, shuffled_batches
 
 SELECTION_METRIC = "val_loss"
 
@@ -85,9 +85,7 @@ class AudioTask:
         settings, n_mels = self.settings, self.model_config["n_mels"]
         chunk = self.model_config.get("chunk_frames", AudioEncoder.Config.chunk_frames)
         rng = np.random.default_rng([settings.seed, epoch, rank])  # the same chunks on a re-run
-        for batch in shard.iter_batches(batch_size=settings.batch_size, batch_format="numpy",
-                                        local_shuffle_buffer_size=4 * settings.batch_size,
-                                        local_shuffle_seed=settings.seed + epoch):
+        for batch in shuffled_batches(shard, settings, epoch):
             crops = [row.reshape(n_mels, -1) for row in batch["logmel"]]
             first = random_chunks(crops, batch["length"], chunk, rng)
             second = random_chunks(crops, batch["length"], chunk, rng)

@@ -34,7 +34,7 @@ from musicray.generation import MODEL_NAME, track_logmels, workspace_layout
 from musicray.splits import held_out_score, split_tracks
 from musicray.schemas import parquet_files, read_features
 from ray_jobs.common import init_ray
-from ray_jobs.training import Prepared, Settings, checkpoint_files
+from ray_jobs.training import Prepared, Settings, checkpoint_files, shuffled_batches
 
 SELECTION_METRIC = "val_loss"
 
@@ -87,9 +87,7 @@ class GeneratorTask:
         rng = np.random.default_rng([settings.seed, epoch, rank])  # the same windows on a re-run
         # Rows are tracks, each ``crops_per_track`` times; the shuffle buffer spreads a track's
         # copies over different steps (a batch of one track's windows learns ~2x slower).
-        for batch in shard.iter_batches(batch_size=settings.batch_size, batch_format="numpy",
-                                        local_shuffle_buffer_size=16 * settings.batch_size,
-                                        local_shuffle_seed=settings.seed + epoch):
+        for batch in shuffled_batches(shard, settings, epoch, buffer_batches=16):
             # A crop (inputs + shifted targets), and another window of the same track for its sound.
             tokens = random_windows(batch["tokens"], batch["length"], settings.crop_frames + 1, rng).to(device)
             sound = random_windows(batch["tokens"], batch["length"], settings.sound_frames, rng).to(device)

@@ -25,7 +25,7 @@ from musicray.metrics import evaluate
 from musicray.scoring import ModelScorer
 from musicray.sessions import load_log, make_examples, session_arrays, split_by_time
 from ray_jobs.common import init_ray
-from ray_jobs.training import Prepared, Settings
+from ray_jobs.training import Prepared, Settings, shuffled_batches
 
 SELECTION_METRIC = "val_MRR@20"
 
@@ -74,9 +74,7 @@ class RecommenderTask:
 
     def batches(self, shard, epoch: int, rank: int, device: torch.device):
         settings = self.settings
-        for batch in shard.iter_torch_batches(batch_size=settings.batch_size, dtypes=torch.long, device=device,
-                                              local_shuffle_buffer_size=4 * settings.batch_size,
-                                              local_shuffle_seed=settings.seed + epoch):
+        for batch in shuffled_batches(shard, settings, epoch, device=device):
             negatives, log_q = self.sampler.sample(device) if self.sampler else (None, None)
             yield batch["items"], batch["hours"], batch["weekdays"], self.content, self.ids, negatives, log_q
 

@@ -33,7 +33,7 @@ from musicray.content import TrackCatalog
 from musicray.splits import train_validation_test
 from musicray.tagging import MODEL_NAME, NothingToLearn, tag_column, tag_metrics, tagged, targets, vocabulary
 from ray_jobs.common import init_ray
-from ray_jobs.training import Prepared, Settings
+from ray_jobs.training import Prepared, Settings, shuffled_batches
 
 SELECTION_METRIC = "val_macro_F1"  # of the first tag column
 
@@ -76,10 +76,7 @@ class TaggerTask:
         return TaggerObjective(model)
 
     def batches(self, shard, epoch: int, rank: int, device: torch.device):
-        settings = self.settings
-        for batch in shard.iter_torch_batches(batch_size=settings.batch_size, dtypes=torch.long, device=device,
-                                              local_shuffle_buffer_size=4 * settings.batch_size,
-                                              local_shuffle_seed=settings.seed + epoch):
+        for batch in shuffled_batches(shard, self.settings, epoch, device=device):
             rows = batch["row"]
             yield self.content[rows], *(t[rows] for t in self.targets)
 
